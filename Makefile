@@ -1,0 +1,95 @@
+# valuecast: the front door. `make help` lists every target with its variables.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON_VERSION ?= 3.11
+UV_VERSION := 0.13.8
+VENV := .venv
+BIN := $(VENV)/bin
+UV := .tools/bin/uv
+VALUECAST := $(BIN)/valuecast
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+DATA ?= cdnow
+AS_OF ?=
+OUT ?=
+HORIZON_DAYS ?= 90
+CUTOFFS ?=
+BENCH_CUSTOMERS ?= 1000000
+
+as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
+
+.PHONY: help
+help: ## List the targets and their variables
+	@echo "valuecast: customer and lead value from your own data"
+	@echo
+	@echo "Usage: make <target> [VARIABLE=value ...]"
+	@echo
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort -t: -k1,1 \
+		| awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: DATA=<bundled name|path.yaml> (default cdnow; bundled: cdnow online_retail x_education telco)"
+	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"
+	@echo "           BENCH_CUSTOMERS=N (default 1000000)"
+	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data)"
+
+$(UV):
+	python$(PYTHON_VERSION) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --python python$(PYTHON_VERSION)
+	touch $@
+
+.PHONY: setup
+setup: $(VENV)/.installed ## Create .venv and install the locked dependencies (fast when nothing changed)
+
+.PHONY: lock
+lock: $(UV) ## Re-resolve uv.lock after changing dependencies in pyproject.toml
+	$(UV) lock --python python$(PYTHON_VERSION)
+
+.PHONY: demo
+demo: setup ## Set up, then build features and labels for every bundled dataset and print a summary
+	$(VALUECAST) demo
+
+.PHONY: test
+test: setup ## Set up, then run the whole test suite
+	$(BIN)/pytest
+
+.PHONY: lint
+lint: setup ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: format
+format: setup ## Format the code with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: features
+features: setup ## Features as of AS_OF (data before it) for DATA, written to OUT (.parquet/.csv)
+	@test -n "$(OUT)" || { echo "error: set OUT=<file.parquet>, e.g. make features DATA=cdnow AS_OF=1997-10-01 OUT=out/features.parquet"; exit 2; }
+	$(VALUECAST) features --data $(DATA) $(as_of_arg) --out $(OUT)
+
+.PHONY: labels
+labels: setup ## Outcomes in the HORIZON_DAYS after AS_OF for DATA, written to OUT
+	@test -n "$(OUT)" -a -n "$(AS_OF)" || { echo "error: set AS_OF=YYYY-MM-DD and OUT=<file.parquet>, e.g. make labels DATA=cdnow AS_OF=1997-10-01 HORIZON_DAYS=90 OUT=out/labels.parquet"; exit 2; }
+	$(VALUECAST) labels --data $(DATA) --as-of $(AS_OF) --horizon-days $(HORIZON_DAYS) --out $(OUT)
+
+.PHONY: training-set
+training-set: setup ## Features + labels at monthly cut-offs, stacked with a 'cutoff' column, to OUT
+	@test -n "$(OUT)" || { echo "error: set OUT=<file.parquet>"; exit 2; }
+	$(VALUECAST) training-set --data $(DATA) --horizon-days $(HORIZON_DAYS) $(if $(CUTOFFS),--cutoffs $(CUTOFFS),) --out $(OUT)
+
+.PHONY: bench
+bench: bench-features ## Run every benchmark and print its figures
+
+.PHONY: bench-features
+bench-features: setup ## Features for 10M synthetic transactions of 1M customers from Parquet: time, memory, vs lifetimes
+	$(BIN)/python -m benchmarks.bench_features --customers $(BENCH_CUSTOMERS)
+
+.PHONY: clean
+clean: ## Remove outputs and caches (keeps .venv and the MLflow store)
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache bench-data

@@ -1,0 +1,201 @@
+"""Dataset configs: where a company's data lives and how its columns map onto the data contract.
+
+A dataset is described by one YAML file (see docs/data-contract.md). Bundled configs live in
+``configs/data/<name>.yaml`` and find their files below the data root (``VALUECAST_DATA_ROOT``,
+default ``../shared/data`` beside the project). A path starting with ``lifetimes:`` names a file that
+the ``lifetimes`` package ships (CDNOW).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_CONFIG_DIR = PROJECT_ROOT / "configs" / "data"
+LIFETIMES_PREFIX = "lifetimes:"
+
+TRANSACTION_REQUIRED = ("customer_id", "timestamp", "amount")
+TRANSACTION_OPTIONAL = ("order_id", "quantity", "product_id", "category", "channel")
+CUSTOMER_OPTIONAL = ("signup_date", "cancellation_date", "churned", "do_not_contact", "opted_out")
+LEAD_OPTIONAL = ("created_at", "converted")
+
+
+class ConfigError(ValueError):
+    """A dataset config that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableConfig(_Strict):
+    """One input table: a file, how to read it, and how its columns map onto the contract."""
+
+    path: str = Field(description="File path, relative to the data root, absolute, or 'lifetimes:<file>'.")
+    format: Literal["csv", "parquet", "whitespace"] | None = Field(
+        default=None, description="File format; inferred from the file ending when absent."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Contract column name -> column name in the file."
+    )
+    derived: dict[str, str] = Field(
+        default_factory=dict,
+        description="Contract column name -> arithmetic expression over file columns, "
+        "e.g. amount: 'Quantity * UnitPrice'.",
+    )
+    timestamp_format: str | None = Field(
+        default=None, description="strptime format of the date columns, e.g. '%Y%m%d'."
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="File columns never used (e.g. columns that leak the outcome)."
+    )
+    duplicates: Literal["quarantine", "keep"] = Field(
+        default="quarantine",
+        description="Rows repeating an earlier row exactly: quarantine them, or keep them where the "
+        "file has no order id and identical purchases are real.",
+    )
+    attributes: list[str] | None = Field(
+        default=None,
+        description="File columns to use as attributes; default: every column not mapped or excluded.",
+    )
+
+
+class CategoryKeywords(_Strict):
+    """Derive the contract's ``category`` from a free-text column by keywords (first match wins)."""
+
+    source: str = Field(description="File column holding the text, e.g. Description.")
+    keywords: dict[str, list[str]] = Field(description="category -> keywords (case-insensitive substrings).")
+    default: str = "other"
+
+
+class FeatureSettings(_Strict):
+    """Feature settings that depend on the business rather than on the code."""
+
+    top_categories: int = Field(default=5, ge=0, le=50, description="Spend shares for the top-K categories.")
+    windows_days: tuple[int, ...] = (30, 90, 180, 365)
+    churn_lookback_days: int = Field(
+        default=365, gt=0, description="A customer counts for the churn label if active in this window."
+    )
+    max_attribute_levels: int = Field(
+        default=20, ge=2, description="One-hot levels per attribute; rarer levels are grouped as infrequent."
+    )
+
+
+class DatasetConfig(_Strict):
+    """A dataset: transactions and/or a customers table and/or leads, plus value cleaning rules."""
+
+    name: str
+    description: str = ""
+    source_file: str = Field(default="", description="Where this config was read from (set by the loader).")
+    transactions: TableConfig | None = None
+    customers: TableConfig | None = None
+    leads: TableConfig | None = None
+    missing_values: list[str] = Field(
+        default_factory=list, description="Labels that mean 'not answered' in any column, e.g. 'Select'."
+    )
+    value_maps: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="File column -> {label: value}. Exhaustive: any other label is an unknown value.",
+    )
+    category_keywords: CategoryKeywords | None = None
+    features: FeatureSettings = FeatureSettings()
+
+    @field_validator("transactions", "customers", "leads")
+    @classmethod
+    def _known_contract_columns(cls, table: TableConfig | None, info: Any) -> TableConfig | None:
+        if table is None:
+            return None
+        allowed = {
+            "transactions": set(TRANSACTION_REQUIRED + TRANSACTION_OPTIONAL),
+            "customers": {"customer_id", *CUSTOMER_OPTIONAL},
+            "leads": {"lead_id", *LEAD_OPTIONAL},
+        }[info.field_name]
+        for name in [*table.columns, *table.derived]:
+            if name not in allowed:
+                raise ValueError(f"'{name}' is not a {info.field_name} contract column; use one of {sorted(allowed)}")
+        return table
+
+    @model_validator(mode="after")
+    def _has_a_table(self) -> DatasetConfig:
+        if self.transactions is None and self.customers is None and self.leads is None:
+            raise ValueError("a dataset needs at least one of 'transactions', 'customers' or 'leads'")
+        return self
+
+
+def data_root() -> Path:
+    """The folder that bundled configs read their files from."""
+    return Path(os.environ.get("VALUECAST_DATA_ROOT", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def bundled_dataset_names() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_path(path: str, config_dir: Path | None = None) -> Path:
+    """Turn a table path from a config into a file path.
+
+    ``lifetimes:<file>`` is a file shipped by the lifetimes package; a relative path is looked up
+    under the data root, then beside the config file (so a user's own YAML can sit next to its data).
+    """
+    if path.startswith(LIFETIMES_PREFIX):
+        import importlib.util
+
+        spec = importlib.util.find_spec("lifetimes")
+        if spec is None or spec.origin is None:
+            raise ConfigError("the lifetimes package is not installed; run 'make setup'")
+        return Path(spec.origin).parent / "datasets" / path[len(LIFETIMES_PREFIX) :]
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    under_root = data_root() / candidate
+    if under_root.exists() or config_dir is None:
+        return under_root
+    beside = config_dir / candidate
+    return beside if beside.exists() else under_root
+
+
+def load_dataset_config(name_or_path: str | Path) -> DatasetConfig:
+    """Load a bundled config by name (``cdnow``) or a user's YAML file by path."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text).expanduser()
+    else:
+        path = BUNDLED_CONFIG_DIR / f"{text}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown dataset '{text}': use one of {', '.join(bundled_dataset_names())} "
+                "or the path of your own dataset YAML file"
+            )
+    if not path.exists():
+        raise ConfigError(f"{path}: no such dataset config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    raw.setdefault("name", path.stem)
+    raw["source_file"] = str(path.resolve())
+    try:
+        return DatasetConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the key path and what is wrong with it."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def config_dir(config: DatasetConfig) -> Path | None:
+    return Path(config.source_file).parent if config.source_file else None

@@ -1,0 +1,102 @@
+"""Outcomes after a cut-off: what each customer known at ``as_of`` did in the next ``horizon_days``.
+
+- ``purchased``: at least one purchase in [as_of, as_of + horizon); ``purchased_<category>`` per category.
+- ``future_spend``: purchase spend in the window (refunds are reported apart, as ``future_refunds``);
+  ``future_orders``: orders in the window.
+- ``churned``: for customers with a purchase in the look-back window before ``as_of``, 1 if they
+  made no purchase within the horizon, else 0; missing for customers who were not active (they
+  cannot churn). Where the customers table has cancellation dates, a cancellation within the
+  horizon is churn instead, and customers cancelled before ``as_of`` are left out (missing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.transactions import category_column
+from features.validate import DataError
+
+
+def label_window_end(as_of: pd.Timestamp, horizon_days: int) -> pd.Timestamp:
+    return pd.Timestamp(as_of).normalize() + pd.Timedelta(days=horizon_days)
+
+
+def check_horizon(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int) -> None:
+    """Refuse labels whose window runs past the data: they would count missing purchases as churn."""
+    last_day = transactions["timestamp"].max().normalize()
+    end = label_window_end(as_of, horizon_days)
+    if end > last_day + pd.Timedelta(days=1):
+        raise DataError(
+            f"the label window {pd.Timestamp(as_of):%Y-%m-%d} + {horizon_days} days ends {end:%Y-%m-%d}, "
+            f"after the last transaction day {last_day:%Y-%m-%d}: choose an AS_OF on or before "
+            f"{last_day + pd.Timedelta(days=1) - pd.Timedelta(days=horizon_days):%Y-%m-%d} or a shorter HORIZON_DAYS"
+        )
+
+
+def compute_transaction_labels(
+    transactions: pd.DataFrame,
+    customer_ids: Sequence[str] | pd.Series,
+    as_of: pd.Timestamp | str,
+    horizon_days: int,
+    *,
+    churn_lookback_days: int = 365,
+    categories: Sequence[str] = (),
+    cancellations: pd.Series | None = None,
+) -> pd.DataFrame:
+    """Labels for ``customer_ids`` (the customers of the features as of the same cut-off).
+
+    ``cancellations`` maps customer_id to a cancellation timestamp (missing: not cancelled).
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    end = label_window_end(as_of, horizon_days)
+    ids = pd.Index(pd.array(customer_ids, dtype="string"), name="customer_id")
+    ts = transactions["timestamp"]
+    amount = transactions["amount"]
+    lookback = as_of - pd.Timedelta(days=churn_lookback_days)
+
+    code = ids.get_indexer(transactions["customer_id"].astype("string"))
+    known = code >= 0
+    in_window = known & (ts >= as_of).to_numpy() & (ts < end).to_numpy()
+    purchase = (amount >= 0).to_numpy()
+    n = len(ids)
+
+    window_purchase = in_window & purchase
+    future_spend = np.bincount(code[window_purchase], weights=amount.to_numpy()[window_purchase], minlength=n)
+    refund = in_window & ~purchase
+    future_refunds = np.bincount(code[refund], weights=-amount.to_numpy()[refund], minlength=n)
+    if "order_id" in transactions.columns:
+        order_key = transactions["order_id"].astype("string")
+    else:
+        order_key = ts.astype("int64").astype("string")
+    orders = pd.DataFrame({"code": code[window_purchase], "order": order_key.to_numpy()[window_purchase]})
+    future_orders = np.bincount(orders.drop_duplicates()["code"].to_numpy(), minlength=n)
+
+    labels = pd.DataFrame(index=ids)
+    labels["purchased"] = (future_orders > 0).astype(np.int8)
+    labels["future_spend"] = future_spend
+    labels["future_refunds"] = future_refunds
+    labels["future_orders"] = future_orders.astype(np.int64)
+
+    active = known & purchase & (ts >= lookback).to_numpy() & (ts < as_of).to_numpy()
+    was_active = np.bincount(code[active], minlength=n) > 0
+    churned = pd.Series(pd.NA, index=ids, dtype="Int8")
+    churned[was_active] = (future_orders[was_active] == 0).astype(np.int8)
+    if cancellations is not None:
+        cancel = pd.to_datetime(cancellations.reindex(ids))
+        gone = (cancel < as_of).to_numpy(dtype=bool)
+        within = ((cancel >= as_of) & (cancel < end)).to_numpy(dtype=bool)
+        churned = pd.Series(within.astype(np.int8), index=ids, dtype="Int8")
+        churned[gone] = pd.NA
+    labels["churned"] = churned
+
+    if "category" in transactions.columns:
+        category = transactions["category"].astype("string").fillna("(none)").to_numpy(dtype=object)
+        for name in categories:
+            hit = window_purchase & (category == name)
+            column = category_column(name).replace("category_share_", "purchased_")
+            labels[column] = (np.bincount(code[hit], minlength=n) > 0).astype(np.int8)
+    labels["label_window_days"] = horizon_days
+    return labels.reset_index()

@@ -1,0 +1,234 @@
+"""The ``valuecast`` command: the thin I/O layer that the Makefile targets call.
+
+Every error a user can cause ends in one line naming the file, column, row or value and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import pandas as pd
+import typer
+
+if TYPE_CHECKING:
+    from features.io import Dataset
+
+app = typer.Typer(
+    help="valuecast: customer and lead value from your own data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataOption = Annotated[
+    str,
+    typer.Option(
+        "--data", "-d", help="Bundled dataset name (cdnow, online_retail, x_education, telco) or a YAML path."
+    ),
+]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Cut-off date YYYY-MM-DD: features use data before it. Default: the day after the last transaction."
+    ),
+]
+HorizonOption = Annotated[int, typer.Option("--horizon-days", min=1, help="Label window length in days.")]
+
+
+def _quiet_libraries() -> None:
+    # lifetimes imports pkg_resources, which warns on every start; the warning is not actionable here.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line and an exit code; let bugs show their traceback."""
+    from features.config import ConfigError
+    from features.io import DatasetMissingError
+    from features.validate import DataError
+
+    try:
+        yield
+    except DatasetMissingError as exc:
+        fail(str(exc), code=3)
+    except (ConfigError, DataError) as exc:
+        fail(str(exc))
+
+
+def parse_date(value: str | None, option: str) -> pd.Timestamp | None:
+    if value is None or value == "":
+        return None
+    try:
+        return pd.Timestamp(pd.to_datetime(value, format="%Y-%m-%d"))
+    except (ValueError, TypeError):
+        fail(f"{option}={value!r} is not a date: write it as YYYY-MM-DD, e.g. 1997-10-01")
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def step(label: str) -> Iterator[None]:
+    start = time.perf_counter()
+    typer.echo(f"  {label} ...", err=True, nl=False)
+    yield
+    typer.echo(f" {time.perf_counter() - start:.1f}s", err=True)
+
+
+def _load(data: str, as_of: pd.Timestamp | None) -> Dataset:
+    from features.config import load_dataset_config
+    from features.io import load_dataset
+
+    config = load_dataset_config(data)
+    with step(f"reading and checking '{config.name}'"):
+        dataset = load_dataset(config, as_of=as_of)
+    for kind, checked in dataset.checked_tables():
+        for problem in checked.problems:
+            typer.echo(f"warning: {problem.message()}", err=True)
+        typer.echo(f"  {kind}: {len(checked.frame):,} usable rows, {len(checked.quarantine):,} quarantined", err=True)
+    return dataset
+
+
+def _finish(dataset: Dataset, out: Path, frame: pd.DataFrame, what: str) -> None:
+    from features.io import write_frame, write_quarantine
+
+    write_frame(frame, out)
+    for path in write_quarantine(dataset, out):
+        typer.echo(f"  quarantined rows with their reasons: {path}", err=True)
+    typer.echo(f"wrote {len(frame):,} {what} x {frame.shape[1]} columns to {out}")
+
+
+@app.command()
+def features(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")],
+    as_of: AsOfOption = None,
+    entity: Annotated[
+        Literal["auto", "customers", "leads"],
+        typer.Option(help="Customers, leads, or auto (customers when there are any)."),
+    ] = "auto",
+) -> None:
+    """Features as of a cut-off: one row per customer (or lead), from data before AS_OF only."""
+    _quiet_libraries()
+    from features.pipeline import build_customer_features, build_lead_features, default_as_of
+
+    cutoff = parse_date(as_of, "AS_OF")
+    with user_errors():
+        dataset = _load(data, cutoff)
+        has_customers = dataset.transactions is not None or dataset.customers is not None
+        if entity == "leads" or (entity == "auto" and not has_customers):
+            with step("lead features"):
+                frame = build_lead_features(dataset).frame
+            _finish(dataset, out, frame, "leads")
+            return
+        cutoff = cutoff if cutoff is not None else default_as_of(dataset)
+        with step(f"customer features as of {cutoff:%Y-%m-%d}"):
+            frame = build_customer_features(dataset, cutoff).frame
+        _finish(dataset, out, frame, "customers")
+
+
+@app.command()
+def labels(
+    data: DataOption,
+    as_of: Annotated[str, typer.Option(help="Cut-off date YYYY-MM-DD: labels look at the days from it on.")],
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")],
+    horizon_days: HorizonOption = 90,
+) -> None:
+    """Outcomes in the HORIZON_DAYS after AS_OF for every customer known before it."""
+    _quiet_libraries()
+    from features.pipeline import build_customer_features, build_customer_labels
+
+    cutoff = parse_date(as_of, "AS_OF")
+    assert cutoff is not None
+    with user_errors():
+        dataset = _load(data, None)
+        with step(f"labels for {horizon_days} days from {cutoff:%Y-%m-%d}"):
+            feature_set = build_customer_features(dataset, cutoff)
+            frame = build_customer_labels(
+                dataset, feature_set.frame["customer_id"], cutoff, horizon_days, feature_set.categories
+            )
+        _finish(dataset, out, frame, "customers")
+
+
+@app.command("training-set")
+def training_set(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")],
+    horizon_days: HorizonOption = 90,
+    first: Annotated[
+        str | None, typer.Option(help="Earliest cut-off YYYY-MM-DD (default: one horizon after the first transaction).")
+    ] = None,
+    cutoffs: Annotated[int | None, typer.Option(min=1, help="Keep only the latest N monthly cut-offs.")] = None,
+) -> None:
+    """Features and labels at monthly cut-offs, stacked with a 'cutoff' column for time-based splits."""
+    _quiet_libraries()
+    from features.pipeline import build_training_set, monthly_cutoffs
+
+    parse_date(first, "FIRST")
+    with user_errors():
+        dataset = _load(data, None)
+        chosen = monthly_cutoffs(dataset, horizon_days, first=first, count=cutoffs)
+        with step(f"{len(chosen)} cut-offs {chosen[0]:%Y-%m-%d} .. {chosen[-1]:%Y-%m-%d}"):
+            frame = build_training_set(dataset, chosen, horizon_days)
+        _finish(dataset, out, frame, "rows")
+
+
+@app.command()
+def synthesize(
+    out: Annotated[Path, typer.Option(help="Output transactions file (.parquet or .csv).")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    start: Annotated[str, typer.Option(help="First day of the log.")] = "2022-01-01",
+    days: Annotated[int, typer.Option(min=28, help="Length of the log in days.")] = 730,
+    profile: Annotated[
+        Literal["cdnow", "dense"],
+        typer.Option(help="cdnow: CDNOW's published parameters; dense: about ten transactions per customer."),
+    ] = "cdnow",
+) -> None:
+    """Synthetic transactions drawn from BG/NBD and Gamma-Gamma with known parameters."""
+    from features.io import write_frame
+    from features.synthetic import SyntheticSpec, generate_transactions
+
+    parse_date(start, "START")
+    base = SyntheticSpec.dense(customers, seed) if profile == "dense" else SyntheticSpec(customers=customers, seed=seed)
+    spec = base.with_(start=start, days=days)
+    with step(f"drawing {customers:,} customers"):
+        generated = generate_transactions(spec)
+    write_frame(generated.transactions, out)
+    write_frame(generated.customers, out.with_name(f"{out.stem}.customers{out.suffix}"))
+    typer.echo(f"wrote {len(generated.transactions):,} transactions of {customers:,} customers to {out}")
+
+
+@app.command()
+def demo(
+    as_of: AsOfOption = None,
+    horizon_days: HorizonOption = 90,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
+) -> None:
+    """Features and labels for every bundled dataset there is, with a summary of each."""
+    _quiet_libraries()
+    from features.demo import run_demo
+
+    with user_errors():
+        run_demo(out, as_of=parse_date(as_of, "AS_OF"), horizon_days=horizon_days, echo=typer.echo)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted; outputs of finished steps are complete, the step under way wrote nothing", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
