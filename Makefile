@@ -10,6 +10,15 @@ UV := .tools/bin/uv
 VALUECAST := $(BIN)/valuecast
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Compile .pyc files at install time: with PYTHONDONTWRITEBYTECODE set (as on these machines) every
+# command would otherwise spend ~3 s compiling pandas and friends again.
+export UV_COMPILE_BYTECODE := 1
+# Keep freed memory in the process for reuse instead of returning it to the kernel: the feature code
+# allocates many short-lived arrays of ten million rows, and first-touch page faults on this kind of
+# virtual machine cost 20x the work itself (docs/benchmarks.md). Override by setting them yourself.
+export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
+export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
+export MALLOC_TOP_PAD_ ?= 268435456
 
 DATA ?= cdnow
 AS_OF ?=

@@ -53,7 +53,7 @@ class SyntheticSpec:
     @classmethod
     def dense(cls, customers: int, seed: int = 0) -> SyntheticSpec:
         """About ten transactions per customer over two years: the benchmark's shape."""
-        return cls(customers=customers, seed=seed, r=2.0, alpha=14.0, a=1.0, b=12.0)
+        return cls(customers=customers, seed=seed, r=2.0, alpha=12.0, a=1.0, b=14.0)
 
     def with_(self, **changes: object) -> SyntheticSpec:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -90,6 +90,8 @@ class _Collector:
 
 
 def _blank(values: pd.Series) -> np.ndarray:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy() < 0
     blank = values.isna().to_numpy(dtype=bool, copy=True)
     if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
         blank |= values.astype("string").str.strip().fillna("").eq("").to_numpy(dtype=bool)
@@ -97,12 +99,50 @@ def _blank(values: pd.Series) -> np.ndarray:
 
 
 def _normalise_ids(values: pd.Series) -> pd.Series:
-    """Ids as text; float ids that are whole numbers (17850.0, as Online Retail stores them) lose '.0'."""
+    """Ids as a categorical of stripped text (blank ids missing).
+
+    Float ids that are whole numbers (17850.0, as Online Retail stores them) lose '.0'. The ids are
+    factorised once here and the codes reused downstream: hashing ten million id strings is the
+    single most expensive step of a feature run, so it must happen only once.
+    """
     if pd.api.types.is_float_dtype(values.dtype):
         whole = values.dropna()
         if (whole == np.floor(whole)).all():
             values = values.astype("Int64")
-    return values.astype("string").str.strip()
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    text = pd.Series(uniques.astype("string"), dtype="string").str.strip()
+    blank = text.isna() | text.eq("")
+    if blank.any() or text.duplicated().any():
+        # Rare: ids that are blank or differ only by surrounding spaces; recode the few uniques.
+        recode, text_uniques = pd.factorize(text.mask(blank), use_na_sentinel=True)
+        codes = np.where(codes >= 0, recode[np.maximum(codes, 0)], -1)
+        text = pd.Series(text_uniques, dtype="string")
+    categories = pd.Index(text.to_numpy(dtype=object), dtype="string")
+    return pd.Series(pd.Categorical.from_codes(codes, categories=categories), index=values.index)
+
+
+def _exact_duplicates(
+    raw: pd.DataFrame, file_columns: list[str], ids: pd.Series, stamps: pd.Series | None
+) -> np.ndarray:
+    """Rows that repeat an earlier row in every file column (the first copy is not flagged).
+
+    Exact copies share their id and timestamp, so only rows whose (id, timestamp) pair occurs more
+    than once are compared column by column: on a large log that is a small fraction of the rows.
+    """
+    key = ids.cat.codes.to_numpy().astype(np.int64)
+    if stamps is not None:
+        # Mixing the timestamp in by multiplication may wrap around; a collision only adds candidates.
+        key = key + stamps.to_numpy(dtype="datetime64[ns]").view(np.int64) * np.int64(1_000_003)
+    # Keys seen more than once, found by sorting (numpy's integer sort beats hashing here).
+    ordered = np.sort(key)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    duplicated = np.zeros(len(raw), dtype=bool)
+    if repeated.size == 0:
+        return duplicated
+    candidate = repeated[np.minimum(np.searchsorted(repeated, key), repeated.size - 1)] == key
+    if candidate.any():
+        duplicated[candidate] = raw.loc[candidate].duplicated(subset=file_columns, keep="first").to_numpy()
+    return duplicated
 
 
 def _parse_numbers(values: pd.Series) -> pd.Series:
@@ -191,7 +231,7 @@ def check_table(
             f"in {config.source_file} (file columns: {file_columns})"
         )
 
-    raw = raw.copy()
+    raw = raw.copy(deep=False)  # columns are replaced, never modified in place
     for column in file_columns:
         if config.missing_values and not pd.api.types.is_numeric_dtype(raw[column].dtype):
             raw[column] = raw[column].mask(raw[column].isin(config.missing_values))
@@ -275,6 +315,8 @@ def check_table(
             out[name] = raw[table.columns[name]]
     if kind == "transactions" and config.category_keywords and "category" not in table.columns:
         out["category"] = _apply_category_keywords(raw, config, source)
+    if "category" in out.columns:  # few distinct values: encode once, as the ids
+        out["category"] = out["category"].astype("string").astype("category")
 
     used = set(table.columns.values()) | set(table.exclude)
     if config.category_keywords:
@@ -291,7 +333,7 @@ def check_table(
             continue
         out[column] = raw[column]
 
-    duplicated = raw.duplicated(subset=file_columns, keep="first").to_numpy()
+    duplicated = _exact_duplicates(raw, file_columns, ids, out.get("timestamp"))
     if table.duplicates == "keep":
         collector.flag(
             duplicated,
@@ -327,7 +369,9 @@ def check_table(
             )
 
     out[ROW] = raw[ROW].to_numpy()
-    usable = out.loc[~collector.bad].reset_index(drop=True)
+    if kind != "transactions":  # only the log is large enough for categorical ids to pay
+        out[id_column] = out[id_column].astype("string")
+    usable = out.loc[~collector.bad].reset_index(drop=True) if collector.bad.any() else out
     if usable.empty:
         summary = "; ".join(p.message() for p in collector.problems) or "the file has no data rows"
         raise DataError(f"{source}: no usable rows. {summary}")
