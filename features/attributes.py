@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import OneHotEncoder
+
+if TYPE_CHECKING:
+    from sklearn.preprocessing import OneHotEncoder
 
 MISSING_LEVEL = "(missing)"
 
@@ -63,6 +66,8 @@ class AttributeEncoder:
         for column in columns:
             (self.numeric if _as_number(frame[column]) is not None else self.categorical).append(column)
         if self.categorical:
+            from sklearn.preprocessing import OneHotEncoder  # imported here: a second off every start
+
             self.encoder = OneHotEncoder(
                 handle_unknown="infrequent_if_exist",
                 max_categories=self.max_levels,

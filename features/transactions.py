@@ -48,10 +48,10 @@ def top_categories(transactions: pd.DataFrame, as_of: pd.Timestamp | str, k: int
     codes, names = encode(transactions["category"].astype("category"), keep, missing="(none)")
     totals = np.bincount(codes, weights=transactions["amount"].to_numpy(dtype=np.float64)[keep], minlength=len(names))
     ranked = sorted(range(len(names)), key=lambda i: (-totals[i], names[i]))
-    return [names[i] for i in ranked[:k]]
+    return [str(names[i]) for i in ranked[:k]]
 
 
-def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> tuple[np.ndarray, list[str]]:
+def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Dense integer codes of the kept rows and the labels they stand for (only labels in use).
 
     A categorical column (as the row checks produce for customer ids) is encoded from its codes,
@@ -61,7 +61,8 @@ def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> t
         codes = values.cat.codes.to_numpy()[keep].astype(np.int32)
         labels = values.cat.categories.astype("string").to_numpy(dtype=object)
     else:
-        codes, uniques = pd.factorize(values.to_numpy()[keep], use_na_sentinel=True)
+        # On the Series itself: Arrow-backed text is factorised by Arrow, without Python strings.
+        codes, uniques = pd.factorize(values[keep], use_na_sentinel=True)
         codes = codes.astype(np.int32)
         labels = pd.Index(uniques).astype("string").to_numpy(dtype=object)
     if (codes < 0).any():
@@ -73,7 +74,7 @@ def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> t
     if not used.all():
         codes = (np.cumsum(used) - 1).astype(np.int32)[codes]
         labels = labels[used]
-    return codes, [str(label) for label in labels]
+    return codes, labels
 
 
 def sort_by_customer_and_time(code: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -276,11 +277,12 @@ def compute_transaction_features(
         if categories is None:
             totals = np.bincount(purchase_categories, weights=amount_kept[purchase], minlength=len(category_names))
             ranked = sorted(range(len(category_names)), key=lambda i: (-totals[i], category_names[i]))
-            chosen = [category_names[i] for i in ranked[:top_k]]
+            chosen = [str(category_names[i]) for i in ranked[:top_k]]
+        position_of = {str(name): i for i, name in enumerate(category_names)}
         column_of = np.full(len(category_names) + 1, -1, dtype=np.int32)
         for position, name in enumerate(chosen):
-            if name in category_names:
-                column_of[category_names.index(name)] = position
+            if name in position_of:
+                column_of[position_of[name]] = position
         category = column_of[purchase_categories[order]]
 
     windows = np.asarray(windows_days, dtype=np.int64)
