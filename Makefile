@@ -36,7 +36,7 @@ help: ## List the targets and their variables
 	@echo "Usage: make <target> [VARIABLE=value ...]"
 	@echo
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort -t: -k1,1 \
-		| awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+		| awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA=<bundled name|path.yaml> (default cdnow; bundled: cdnow online_retail x_education telco)"
 	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"

@@ -1,0 +1,107 @@
+"""The commands a user runs, end to end on CDNOW, and the Makefile as the front door."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from valuecast.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def test_features_labels_and_training_set_on_cdnow(tmp_path: Path) -> None:
+    features_out, labels_out, training_out = tmp_path / "f.parquet", tmp_path / "l.csv", tmp_path / "t.parquet"
+    result = runner.invoke(app, ["features", "--data", "cdnow", "--as-of", "1997-10-01", "--out", str(features_out)])
+    assert result.exit_code == 0, result.output
+    features = pd.read_parquet(features_out)
+    assert len(features) == 23_570
+    assert (features["as_of"] == pd.Timestamp("1997-10-01")).all()
+    assert features["T_days"].max() == 272  # 1997-01-01 .. 1997-09-30
+
+    result = runner.invoke(
+        app, ["labels", "--data", "cdnow", "--as-of", "1997-10-01", "--horizon-days", "90", "--out", str(labels_out)]
+    )
+    assert result.exit_code == 0, result.output
+    labels = pd.read_csv(labels_out)
+    assert len(labels) == 23_570
+    assert set(labels.columns) >= {"customer_id", "purchased", "churned", "future_spend", "future_orders"}
+
+    result = runner.invoke(
+        app, ["training-set", "--data", "cdnow", "--horizon-days", "90", "--cutoffs", "2", "--out", str(training_out)]
+    )
+    assert result.exit_code == 0, result.output
+    training = pd.read_parquet(training_out)
+    assert sorted(training["cutoff"].unique()) == [pd.Timestamp("1998-03-01"), pd.Timestamp("1998-04-01")]
+
+
+def test_bad_as_of_is_one_clear_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["features", "--data", "cdnow", "--as-of", "01/10/1997", "--out", str(tmp_path / "x.parquet")]
+    )
+    assert result.exit_code == 2
+    assert "AS_OF='01/10/1997' is not a date: write it as YYYY-MM-DD" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_labels_past_the_data_are_refused(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "labels",
+            "--data",
+            "cdnow",
+            "--as-of",
+            "1998-06-01",
+            "--horizon-days",
+            "90",
+            "--out",
+            str(tmp_path / "l.parquet"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "after the last transaction day 1998-06-30" in result.output
+    assert not (tmp_path / "l.parquet").exists()
+
+
+def test_synthesize_writes_a_log_the_features_command_reads(tmp_path: Path) -> None:
+    out = tmp_path / "synthetic.parquet"
+    result = runner.invoke(app, ["synthesize", "--customers", "300", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "synthetic.yaml"
+    config.write_text(
+        "transactions:\n  path: synthetic.parquet\n"
+        "  columns: {customer_id: customer_id, timestamp: timestamp, amount: amount, category: category}\n"
+    )
+    result = runner.invoke(app, ["features", "--data", str(config), "--out", str(tmp_path / "f.parquet")])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(tmp_path / "f.parquet")) == 300
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][a-z0-9-]*):.*?## ", text, flags=re.M))
+
+
+def test_make_help_is_the_default_and_lists_every_target() -> None:
+    listed = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT)], capture_output=True, text=True, check=True
+    )
+    targets = make_targets()
+    assert {"help", "setup", "demo", "test", "features", "labels", "training-set", "bench-features"} <= targets
+    for target in targets:
+        assert re.search(rf"^  {re.escape(target)} +\S", listed.stdout, flags=re.M), target
+
+
+@pytest.mark.slow
+def test_demo_builds_every_bundled_dataset(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cdnow" / "features.parquet").exists()
+    assert "cdnow" in result.output and "23,570 customers" in result.output
