@@ -51,6 +51,11 @@ def top_categories(transactions: pd.DataFrame, as_of: pd.Timestamp | str, k: int
     return [str(names[i]) for i in ranked[:k]]
 
 
+def _kept(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``values[keep]``, without the copy when every row is kept (scoring on the whole log)."""
+    return values if keep.all() else values[keep]
+
+
 def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Dense integer codes of the kept rows and the labels they stand for (only labels in use).
 
@@ -58,11 +63,11 @@ def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> t
     without hashing its strings again. ``missing`` names a label for missing values.
     """
     if isinstance(values.dtype, pd.CategoricalDtype):
-        codes = values.cat.codes.to_numpy()[keep].astype(np.int32)
+        codes = _kept(values.cat.codes.to_numpy(), keep).astype(np.int32)
         labels = values.cat.categories.astype("string").to_numpy(dtype=object)
     else:
         # On the Series itself: Arrow-backed text is factorised by Arrow, without Python strings.
-        codes, uniques = pd.factorize(values[keep], use_na_sentinel=True)
+        codes, uniques = pd.factorize(values if keep.all() else values[keep], use_na_sentinel=True)
         codes = codes.astype(np.int32)
         labels = pd.Index(uniques).astype("string").to_numpy(dtype=object)
     if (codes < 0).any():
@@ -250,8 +255,8 @@ def compute_transaction_features(
     keep = ts_all < as_of_ns
     code_kept, uniques = encode(transactions["customer_id"], keep)
     n = len(uniques)
-    amount_kept = transactions["amount"].to_numpy(dtype=np.float64)[keep]
-    ts_kept = ts_all[keep]
+    amount_kept = _kept(transactions["amount"].to_numpy(dtype=np.float64), keep)
+    ts_kept = _kept(ts_all, keep)
     del ts_all
     # Refunds need no ordering: totals per customer, and the first day seen for refund-only customers.
     refund = amount_kept < 0

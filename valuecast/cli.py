@@ -143,14 +143,20 @@ def labels(
     out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")],
     horizon_days: HorizonOption = 90,
 ) -> None:
-    """Outcomes in the HORIZON_DAYS after AS_OF for every customer known before it."""
+    """Outcomes in the HORIZON_DAYS after AS_OF for every customer known before it (leads: converted)."""
     _quiet_libraries()
-    from features.pipeline import build_customer_features, build_customer_labels
+    from features.pipeline import build_customer_features, build_customer_labels, build_lead_features
 
     cutoff = parse_date(as_of, "AS_OF")
     assert cutoff is not None
     with user_errors():
         dataset = _load(data, None)
+        if dataset.transactions is None and dataset.customers is None and dataset.leads is not None:
+            frame = build_lead_features(dataset).frame
+            if "converted" not in frame.columns:
+                fail(f"dataset '{dataset.config.name}': leads have no 'converted' column mapped, so no labels")
+            _finish(dataset, out, frame[["lead_id", "converted"]], "leads")
+            return
         with step(f"labels for {horizon_days} days from {cutoff:%Y-%m-%d}"):
             feature_set = build_customer_features(dataset, cutoff)
             frame = build_customer_labels(
