@@ -48,6 +48,9 @@ class TableConfig(_Strict):
         description="Contract column name -> arithmetic expression over file columns, "
         "e.g. amount: 'Quantity * UnitPrice'.",
     )
+    column_names: list[str] | None = Field(
+        default=None, description="Names of the columns of a text file without a header row, in file order."
+    )
     timestamp_format: str | None = Field(
         default=None, description="strptime format of the date columns, e.g. '%Y%m%d'."
     )

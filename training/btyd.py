@@ -1,0 +1,173 @@
+"""BG/NBD and Gamma-Gamma fits with ``lifetimes``: compressed inputs, penalizer retries, clear failures.
+
+Customers with the same (frequency, recency, T) contribute identical likelihood terms, so the fits
+run on the distinct rows with their counts as ``weights``: the same parameters, several times faster
+(CDNOW: 23,570 customers, ~9,000 distinct rows; a million synthetic customers, far fewer by share).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.special import betaln, gammaln
+
+DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1)
+
+
+class FitError(RuntimeError):
+    """A model could not be fitted; the message lists every attempt."""
+
+
+@dataclass
+class BTYDModel:
+    """A fitted BG/NBD (and, with spend, Gamma-Gamma) model and how it was fitted."""
+
+    bgnbd: object  # lifetimes.BetaGeoFitter
+    gamma_gamma: object | None  # lifetimes.GammaGammaFitter
+    bgnbd_penalizer: float
+    gamma_gamma_penalizer: float | None
+    attempts: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, float]:
+        params = {f"bgnbd_{k}": float(v) for k, v in self.bgnbd.params_.items()}  # type: ignore[attr-defined]
+        if self.gamma_gamma is not None:
+            params |= {f"gg_{k}": float(v) for k, v in self.gamma_gamma.params_.items()}  # type: ignore[attr-defined]
+        return params
+
+
+def compress(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Distinct rows of ``columns`` and how often each occurs."""
+    counts = frame.groupby(list(columns), sort=True).size()
+    return counts.index.to_frame(index=False), counts.to_numpy()
+
+
+def _try_penalizers(
+    fit_one: Callable[[float], object], penalizers: Sequence[float], what: str
+) -> tuple[object, float, list[str]]:
+    from lifetimes.utils import ConvergenceError
+
+    attempts = []
+    for penalizer in penalizers:
+        try:
+            model = fit_one(penalizer)
+        except (ConvergenceError, ValueError, FloatingPointError) as exc:
+            attempts.append(f"{what} with penalizer {penalizer}: {str(exc).strip().splitlines()[0]}")
+            continue
+        params = np.array(model.params_.to_numpy(dtype=np.float64))  # type: ignore[attr-defined]
+        if not np.all(np.isfinite(params)) or np.any(params <= 0):
+            attempts.append(f"{what} with penalizer {penalizer}: parameters not finite and positive ({params})")
+            continue
+        attempts.append(f"{what} with penalizer {penalizer}: converged")
+        return model, penalizer, attempts
+    raise FitError(f"{what} did not converge; tried: " + "; ".join(attempts))
+
+
+def fit_btyd(
+    summary: pd.DataFrame,
+    *,
+    period_days: float = 7.0,
+    penalizers: Sequence[float] = DEFAULT_PENALIZERS,
+    with_spend: bool = True,
+) -> BTYDModel:
+    """Fit BG/NBD on (frequency, recency, T) and Gamma-Gamma on repeat customers' spend.
+
+    ``summary`` has the daily BTYD columns of the feature table (``frequency_days``,
+    ``recency_days``, ``T_days``, ``monetary_value_days``); time is rescaled to periods of
+    ``period_days`` (weeks by default, as in Fader, Hardie & Lee 2005). Gamma-Gamma uses customers
+    with at least one repeat purchase and a positive mean spend (refund-heavy customers with a
+    non-positive mean are left out of the fit, and get the population mean spend when scored).
+    """
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    data = pd.DataFrame(
+        {
+            "frequency": summary["frequency_days"].to_numpy(dtype=float),
+            "recency": summary["recency_days"].to_numpy(dtype=float) / period_days,
+            "T": summary["T_days"].to_numpy(dtype=float) / period_days,
+        }
+    )
+    if len(data) == 0:
+        raise FitError("BG/NBD: no customers to fit on")
+    rows, weights = compress(data, ["frequency", "recency", "T"])
+
+    def fit_bgnbd(penalizer: float) -> object:
+        return BetaGeoFitter(penalizer_coef=penalizer).fit(
+            rows["frequency"], rows["recency"], rows["T"], weights=weights
+        )
+
+    bgnbd, bg_penalizer, attempts = _try_penalizers(fit_bgnbd, penalizers, "BG/NBD")
+    gamma_gamma, gg_penalizer = None, None
+    if with_spend:
+        spend = pd.DataFrame(
+            {
+                "frequency": summary["frequency_days"].to_numpy(dtype=float),
+                "monetary_value": summary["monetary_value_days"].to_numpy(dtype=float),
+            }
+        )
+        repeat = spend.loc[(spend["frequency"] > 0) & (spend["monetary_value"] > 0)]
+        if len(repeat) < 10:
+            raise FitError(f"Gamma-Gamma: only {len(repeat)} customers with a repeat purchase and positive spend")
+        spend_rows, spend_weights = compress(repeat, ["frequency", "monetary_value"])
+
+        def fit_gamma_gamma(penalizer: float) -> object:
+            return GammaGammaFitter(penalizer_coef=penalizer).fit(
+                spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_weights
+            )
+
+        gamma_gamma, gg_penalizer, more = _try_penalizers(fit_gamma_gamma, penalizers, "Gamma-Gamma")
+        attempts += more
+    return BTYDModel(bgnbd, gamma_gamma, bg_penalizer, gg_penalizer, attempts)
+
+
+def bgnbd_log_likelihood(params: dict[str, float], x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> float:
+    """Total BG/NBD log-likelihood, Fader, Hardie & Lee (2005), equation 6.
+
+    L = B(a, b+x)/B(a, b) * Γ(r+x) α^r / (Γ(r) (α+T)^(r+x))
+        + δ(x>0) B(a+1, b+x-1)/B(a, b) * Γ(r+x) α^r / (Γ(r) (α+t_x)^(r+x))
+    """
+    r, alpha, a, b = params["r"], params["alpha"], params["a"], params["b"]
+    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    common = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    alive = betaln(a, b + x) - betaln(a, b) - (r + x) * np.log(alpha + T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dropped = np.where(
+            x > 0,
+            betaln(a + 1, np.maximum(b + x - 1, 1e-300)) - betaln(a, b) - (r + x) * np.log(alpha + t_x),
+            -np.inf,
+        )
+    return float(np.sum(common + np.logaddexp(alive, dropped)))
+
+
+def predict_btyd(
+    model: BTYDModel, summary: pd.DataFrame, horizon_days: int, *, period_days: float = 7.0
+) -> pd.DataFrame:
+    """Per customer: expected orders in the horizon, P(alive), expected average order value."""
+    frequency = summary["frequency_days"].to_numpy(dtype=float)
+    recency = summary["recency_days"].to_numpy(dtype=float) / period_days
+    T = summary["T_days"].to_numpy(dtype=float) / period_days
+    bgnbd = model.bgnbd
+    expected_orders = bgnbd.conditional_expected_number_of_purchases_up_to_time(  # type: ignore[attr-defined]
+        horizon_days / period_days, frequency, recency, T
+    )
+    p_alive = bgnbd.conditional_probability_alive(frequency, recency, T)  # type: ignore[attr-defined]
+    result = pd.DataFrame(
+        {
+            "expected_orders": np.asarray(expected_orders, dtype=float),
+            "p_alive": np.asarray(p_alive, dtype=float),
+        },
+        index=summary.index,
+    )
+    if model.gamma_gamma is not None:
+        params = model.gamma_gamma.params_  # type: ignore[attr-defined]
+        p, q, v = float(params["p"]), float(params["q"]), float(params["v"])
+        monetary = summary["monetary_value_days"].to_numpy(dtype=float)
+        usable = (frequency > 0) & (monetary > 0)
+        population_mean = p * v / (q - 1)
+        # Fader & Hardie (2013), equation 5: a weighted mean of the population and customer means.
+        conditional = (p * (v + frequency * monetary)) / (p * frequency + q - 1)
+        result["expected_order_value"] = np.where(usable, conditional, population_mean)
+    return result
