@@ -1,0 +1,62 @@
+"""The MLflow module against a real SQLite store under tmp_path: runs, registry, champion rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from training import tracking
+
+
+class Constant(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        return pd.DataFrame({"score": [self.value] * len(model_input)})
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    return tmp_path
+
+
+def train_version(value: float, auc: float, window: str = "1997-10-01+90d") -> tracking.Promotion:
+    example = pd.DataFrame({"x": [1.0, 2.0]})
+    with tracking.run("test-experiment", f"constant-{value}") as run_id:
+        tracking.log_metrics({"roc_auc": auc})
+        uri = tracking.log_model(
+            Constant(value),
+            name="model",
+            input_example=example,
+            output_example=pd.DataFrame({"score": [value, value]}),
+            pip_requirements=["pandas"],
+        )
+        return tracking.register_and_promote(
+            uri, "valuecast-test", metric="roc_auc", value=auc, test_window=window, run_id=run_id
+        )
+
+
+@pytest.mark.slow
+def test_champion_moves_only_when_beaten(store: Path) -> None:
+    first = train_version(1.0, 0.70)
+    assert first.promoted and first.champion_value is None
+    worse = train_version(2.0, 0.65)
+    assert worse.alias == tracking.CHALLENGER and worse.champion_value == pytest.approx(0.70)
+    better = train_version(3.0, 0.75)
+    assert better.promoted and better.champion_version == first.version
+    other_window = train_version(4.0, 0.99, window="1998-01-01+90d")
+    assert other_window.alias == tracking.CHALLENGER  # not comparable: scored on another window
+
+    champion = mlflow.pyfunc.load_model("models:/valuecast-test@champion")
+    assert champion.predict(pd.DataFrame({"x": [0.0]}))["score"].tolist() == [3.0]
+    client = tracking.connect()
+    run = client.get_run(client.get_model_version("valuecast-test", worse.version).run_id)
+    assert run.data.tags["promotion_alias"] == "challenger"
+    assert "does not beat champion" in run.data.tags["promotion"]
+    assert (store / "mlflow.db").exists() and (store / "artifacts").exists()
