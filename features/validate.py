@@ -37,15 +37,18 @@ class Problem:
     count: int
     rows: tuple[int, ...]
     fix: str
-    quarantined: bool = True
+    outcome: str = "quarantined"  # what happens to the rows: quarantined, kept, not used for features
+
+    @property
+    def quarantined(self) -> bool:
+        return self.outcome == "quarantined"
 
     def message(self) -> str:
         shown = ", ".join(str(r) for r in self.rows)
         more = ", ..." if self.count > len(self.rows) else ""
-        action = "quarantined" if self.quarantined else "not used"
         return (
             f"{self.source}: column '{self.column}': {self.count:,} row(s) {self.reason} "
-            f"(rows {shown}{more}); {action}. Fix: {self.fix}"
+            f"(rows {shown}{more}); {self.outcome}. Fix: {self.fix}"
         )
 
 
@@ -66,17 +69,15 @@ class _Collector:
     reasons: list[tuple[np.ndarray, str]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
-    def flag(self, mask: np.ndarray, column: str, reason: str, fix: str, quarantine: bool = True) -> None:
-        """Record rows failing one check; only rows not already quarantined are counted."""
-        mask = np.asarray(mask, dtype=bool)
-        if quarantine:
-            mask = mask & ~self.bad
+    def flag(self, mask: np.ndarray, column: str, reason: str, fix: str, outcome: str = "quarantined") -> None:
+        """Record rows failing one check; rows already quarantined for another reason are not counted."""
+        mask = np.asarray(mask, dtype=bool) & ~self.bad
         count = int(mask.sum())
         if count == 0:
             return
         rows = tuple(int(r) for r in self.raw[ROW].to_numpy()[np.flatnonzero(mask)[:FIRST_ROWS_SHOWN]])
-        self.problems.append(Problem(self.source, column, reason, count, rows, fix, quarantine))
-        if quarantine:
+        self.problems.append(Problem(self.source, column, reason, count, rows, fix, outcome))
+        if outcome == "quarantined":
             self.bad |= mask
             self.reasons.append((mask, f"{column}: {reason}"))
 
@@ -340,7 +341,7 @@ def check_table(
             "(all columns)",
             "repeat an earlier row exactly and are kept as real purchases (duplicates: keep)",
             "nothing, if identical rows are real repeat purchases",
-            quarantine=False,
+            outcome="kept",
         )
     else:
         collector.flag(
@@ -361,11 +362,11 @@ def check_table(
             )
         if as_of is not None:
             collector.flag(
-                ((stamps >= as_of) & ~pd.Series(collector.bad, index=stamps.index)).to_numpy(dtype=bool),
+                (stamps >= as_of).to_numpy(dtype=bool),
                 table.columns["timestamp"],
                 f"are dated on or after the as-of date {as_of:%Y-%m-%d}, outside the feature window",
                 "nothing to fix if you meant this cut-off; labels use these rows",
-                quarantine=False,
+                outcome="not used for features",
             )
 
     out[ROW] = raw[ROW].to_numpy()

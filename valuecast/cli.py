@@ -80,7 +80,11 @@ def parse_date(value: str | None, option: str) -> pd.Timestamp | None:
 def step(label: str) -> Iterator[None]:
     start = time.perf_counter()
     typer.echo(f"  {label} ...", err=True, nl=False)
-    yield
+    try:
+        yield
+    except BaseException:
+        typer.echo(" failed", err=True)  # the error then starts a line of its own
+        raise
     typer.echo(f" {time.perf_counter() - start:.1f}s", err=True)
 
 
