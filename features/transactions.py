@@ -130,6 +130,21 @@ SUMMARY_COLUMNS = (
 )
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_to_period(
+    period: int, amount: float, count: int, first: int, last: int, first_sum: float
+) -> tuple[int, int, int, float]:
+    """One purchase into a customer's BTYD periods (days or weeks): count, first, last, first's spend."""
+    if period != last:
+        count += 1
+        if count == 1:
+            first = period
+        last = period
+    if period == first:
+        first_sum += amount
+    return count, first, last, first_sum
+
+
 @numba.njit(cache=True, nogil=True)
 def _customer_kernel(
     code: np.ndarray,
@@ -177,20 +192,12 @@ def _customer_kernel(
             day = ts[j] // NS_PER_DAY
             week = (day + EPOCH_WEEKDAY_SHIFT) // 7
             total += a
-            if day != last_day:
-                n_days += 1
-                if n_days == 1:
-                    first_day = day
-                last_day = day
-            if day == first_day:
-                first_day_sum += a
-            if week != last_week:
-                n_weeks += 1
-                if n_weeks == 1:
-                    first_week = week
-                last_week = week
-            if week == first_week:
-                first_week_sum += a
+            n_days, first_day, last_day, first_day_sum = _add_to_period(
+                day, a, n_days, first_day, last_day, first_day_sum
+            )
+            n_weeks, first_week, last_week, first_week_sum = _add_to_period(
+                week, a, n_weeks, first_week, last_week, first_week_sum
+            )
             if j == i or order_key[j] != order_key[j - 1]:
                 n_orders += 1
                 if n_orders > 1:
