@@ -8,29 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from features.attributes import AttributeEncoder
-from features.config import TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
+from features.config import CUSTOMER_OPTIONAL, LEAD_OPTIONAL, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
 from features.io import Dataset
 from features.labels import check_horizon, compute_transaction_labels
 from features.transactions import compute_transaction_features, top_categories
 from features.validate import ROW, DataError
 
-CONTRACT_COLUMNS = {
-    *TRANSACTION_REQUIRED,
-    *TRANSACTION_OPTIONAL,
-    "lead_id",
-    "signup_date",
-    "cancellation_date",
-    "churned",
-    "converted",
-    "created_at",
-    "do_not_contact",
-    "opted_out",
-    ROW,
-}
+# Columns with a meaning in the contract; every other column of a table is an attribute.
+CONTRACT_COLUMNS = {*TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL, *CUSTOMER_OPTIONAL, "lead_id", *LEAD_OPTIONAL, ROW}
 
 
 @dataclass
@@ -60,12 +48,10 @@ def _customer_attributes(dataset: Dataset, as_of: pd.Timestamp) -> pd.DataFrame:
         customers = dataset.customers.frame
         if "signup_date" in customers.columns:
             customers = customers.loc[~(customers["signup_date"] >= as_of)]
-        table = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")
-        columns = attribute_columns(table.reset_index())
-        table = table[columns].copy()
-        if "signup_date" in customers.columns:
-            signup = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")["signup_date"]
-            table["tenure_days"] = (as_of - signup).dt.days.astype("float64")
+        latest = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")
+        table = latest[attribute_columns(customers)].copy()
+        if "signup_date" in latest.columns:
+            table["tenure_days"] = (as_of - latest["signup_date"]).dt.days.astype("float64")
         parts.append(table)
     if dataset.transactions is not None:
         tx = dataset.transactions.frame
@@ -212,8 +198,3 @@ def build_training_set(dataset: Dataset, cutoffs: Sequence[pd.Timestamp], horizo
         parts.append(joined)
     stacked = pd.concat(parts, ignore_index=True)
     return stacked.drop(columns=["as_of"]).sort_values(["cutoff", "customer_id"], kind="stable", ignore_index=True)
-
-
-def describe_frame(frame: pd.DataFrame) -> dict[str, float]:
-    numeric = frame.select_dtypes(include=[np.number])
-    return {c: float(numeric[c].mean()) for c in numeric.columns}
