@@ -85,14 +85,22 @@ def load_dataset(
     """Read and check every configured table of the given kinds."""
     dataset = Dataset(config)
     now = now if now is not None else pd.Timestamp.now()
+    seen_columns: set[str] = set()
     for kind in kinds:
         table = getattr(config, kind)
         if table is None:
             continue
         path = table_path(config, table)
         raw = read_raw_table(path, table)
+        seen_columns |= set(raw.columns)
         checked = check_table(raw, table, config, kind, str(path), as_of=as_of, now=now)
         setattr(dataset, kind, checked)
+    unknown = sorted(set(config.value_maps) - seen_columns)
+    if unknown and set(kinds) == {"transactions", "customers", "leads"}:
+        raise ConfigError(
+            f"{config.source_file}: value_maps names column(s) {unknown} that no table has; "
+            "check the spelling against the file's header"
+        )
     return dataset
 
 

@@ -166,17 +166,22 @@ def _parse_timestamps(values: pd.Series, fmt: str | None) -> pd.Series:
     return parsed.astype("datetime64[ns]")
 
 
+def referenced_columns(expression: str, columns: list[str]) -> list[str]:
+    """The file columns an expression names, bare (``UnitPrice``) or in back ticks (```Unit Price```)."""
+    return [c for c in columns if re.search(rf"(?<![\w`]){re.escape(c)}(?![\w`])|`{re.escape(c)}`", expression)]
+
+
 def _evaluate(raw: pd.DataFrame, name: str, expression: str, source: str) -> pd.Series:
     """An arithmetic expression over file columns (``Quantity * UnitPrice``), numbers parsed first."""
-    numeric = raw.drop(columns=[ROW]).apply(
-        lambda col: _parse_numbers(col) if not pd.api.types.is_datetime64_any_dtype(col.dtype) else col
-    )
+    columns = referenced_columns(expression, [c for c in raw.columns if c != ROW])
+    numeric = pd.DataFrame({c: _parse_numbers(raw[c]) for c in columns}, index=raw.index)
     try:
         result = numeric.eval(expression, engine="python")
     except Exception as exc:  # pandas raises many kinds for a bad expression
         raise DataError(
             f"{source}: cannot compute '{name} = {expression}' ({exc}); "
-            f"use file columns {list(numeric.columns)} and + - * /, with `back ticks` around names with spaces"
+            f"use file columns {[c for c in raw.columns if c != ROW]} and + - * /, "
+            "with `back ticks` around names with spaces"
         ) from exc
     return pd.Series(result, index=raw.index, dtype="float64")
 
@@ -323,9 +328,7 @@ def check_table(
     if config.category_keywords:
         used.add(config.category_keywords.source)
     for expression in table.derived.values():
-        used |= {
-            c for c in file_columns if re.search(rf"(?<![\w`]){re.escape(c)}(?![\w`])|`{re.escape(c)}`", expression)
-        }
+        used |= set(referenced_columns(expression, file_columns))
     attributes = table.attributes if table.attributes is not None else [c for c in file_columns if c not in used]
     for column in attributes:
         if column not in raw.columns:

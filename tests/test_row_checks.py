@@ -212,3 +212,22 @@ def test_data_root_comes_from_the_environment(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("VALUECAST_DATA_ROOT", str(tmp_path))
     with pytest.raises(DatasetMissingError, match=str(tmp_path / "online-retail" / "online_retail.parquet")):
         load_dataset(load_dataset_config("online_retail"))
+
+
+def test_value_maps_for_a_column_no_table_has_is_a_config_error(tmp_path: Path) -> None:
+    config = CONFIG + "value_maps:\n  knid: {{x: 1}}\n"
+    with pytest.raises(ConfigError, match=r"value_maps names column\(s\) \['knid'\] that no table has"):
+        load_dataset(load_dataset_config(dataset_files(tmp_path, HEADER + "a,2024-01-01,1,x\n", config)))
+
+
+def test_derived_amount_with_a_bad_factor_is_quarantined(tmp_path: Path) -> None:
+    config = (
+        "transactions:\n  path: {file}\n  columns: {{customer_id: c, timestamp: t}}\n  derived: {{amount: q * p}}\n"
+    )
+    csv = "c,t,q,p,text\na,2024-01-01,2,1.5,hello\na,2024-01-02,x,1.5,world\n"
+    dataset = load_dataset(load_dataset_config(dataset_files(tmp_path, csv, config)), now=NOW)
+    assert dataset.transactions is not None
+    assert dataset.transactions.frame["amount"].tolist() == [3.0]
+    [problem] = dataset.transactions.problems
+    assert problem.rows == (2,) and "give no number for amount = q * p" in problem.message()
+    assert "text" in dataset.transactions.frame.columns  # unreferenced columns are attributes
