@@ -36,6 +36,15 @@ def check_horizon(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days:
         )
 
 
+def _codes_in(ids: pd.Index, customer_id: pd.Series) -> np.ndarray:
+    """Position of each row's customer in ``ids`` (-1 if absent), via the categories when categorical."""
+    if isinstance(customer_id.dtype, pd.CategoricalDtype):
+        positions = ids.get_indexer(customer_id.cat.categories.astype("string"))
+        codes = customer_id.cat.codes.to_numpy()
+        return np.where(codes >= 0, positions[codes], -1)
+    return np.asarray(ids.get_indexer(customer_id.astype("string")))
+
+
 def compute_transaction_labels(
     transactions: pd.DataFrame,
     customer_ids: Sequence[str] | pd.Series,
@@ -57,7 +66,7 @@ def compute_transaction_labels(
     amount = transactions["amount"]
     lookback = as_of - pd.Timedelta(days=churn_lookback_days)
 
-    code = ids.get_indexer(transactions["customer_id"].astype("string"))
+    code = _codes_in(ids, transactions["customer_id"])
     known = code >= 0
     in_window = known & (ts >= as_of).to_numpy() & (ts < end).to_numpy()
     purchase = (amount >= 0).to_numpy()
@@ -68,10 +77,10 @@ def compute_transaction_labels(
     refund = in_window & ~purchase
     future_refunds = np.bincount(code[refund], weights=-amount.to_numpy()[refund], minlength=n)
     if "order_id" in transactions.columns:
-        order_key = transactions["order_id"].astype("string")
+        order_key = pd.factorize(transactions["order_id"])[0]
     else:
-        order_key = ts.astype("int64").astype("string")
-    orders = pd.DataFrame({"code": code[window_purchase], "order": order_key.to_numpy()[window_purchase]})
+        order_key = ts.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    orders = pd.DataFrame({"code": code[window_purchase], "order": order_key[window_purchase]})
     future_orders = np.bincount(orders.drop_duplicates()["code"].to_numpy(), minlength=n)
 
     labels = pd.DataFrame(index=ids)
