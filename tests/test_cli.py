@@ -105,3 +105,16 @@ def test_demo_builds_every_bundled_dataset(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cdnow" / "features.parquet").exists()
     assert "cdnow" in result.output and "23,570 customers" in result.output
+
+
+def test_demo_without_the_shared_data_uses_cdnow_and_synthetic_leads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VALUECAST_DATA_ROOT", str(tmp_path / "nothing-here"))
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "using synthetic leads instead of X Education" in result.output
+    assert "skipped online_retail" in result.output
+    assert (tmp_path / "out" / "cdnow" / "features.parquet").exists()
+    leads = pd.read_parquet(tmp_path / "out" / "synthetic_leads" / "lead_features.parquet")
+    assert len(leads) == 2_000 and set(leads["converted"].unique()) == {0, 1}
