@@ -1,0 +1,258 @@
+"""One evaluation report for every model family: the same metric names, tables and figures.
+
+Classifiers (churn, propensity, lead score): ROC AUC (primary), PR AUC, Brier score, log loss,
+expected calibration error, lift in the top decile and a quality rating. Value regressions (CLV):
+normalized Gini (primary), MAE, RMSE, Spearman, top-20% capture, aggregate error and a decile
+table. Pure functions: figures are matplotlib ``Figure`` objects made without pyplot's global
+state, and logging them is the tracking module's job. Higher is better for both primary metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+# Quality rating from ROC AUC, in the bands marketing tools commonly show for lead and churn scores.
+QUALITY_BANDS = ((0.6, "poor"), (0.7, "fair"), (0.8, "good"), (float("inf"), "excellent"))
+
+
+@dataclass
+class Report:
+    """Metrics, tables and figures of one model on one test set."""
+
+    kind: str  # "classifier" or "regression"
+    primary_metric: str
+    metrics: dict[str, float]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    quality: str = ""
+
+    @property
+    def primary(self) -> float:
+        return self.metrics[self.primary_metric]
+
+    def summary_line(self) -> str:
+        shown = [self.primary_metric, *(k for k in SUMMARY_METRICS[self.kind] if k != self.primary_metric)]
+        text = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in shown if k in self.metrics)
+        return f"{text}{f' ({self.quality})' if self.quality else ''}"
+
+
+SUMMARY_METRICS = {
+    "classifier": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
+    "regression": ("gini_normalized", "top20_capture", "aggregate_error", "spearman"),
+}
+
+
+def _arrays(actual: object, predicted: object) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(actual, dtype=float).ravel()
+    p = np.asarray(predicted, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"{len(y)} outcomes but {len(p)} predictions")
+    if len(y) == 0:
+        raise ValueError("nothing to evaluate: the test set is empty")
+    if not (np.isfinite(y).all() and np.isfinite(p).all()):
+        raise ValueError("outcomes and predictions must be finite numbers (found NaN or infinity)")
+    return y, p
+
+
+def rank_by_prediction(predicted: np.ndarray) -> np.ndarray:
+    """Row order by prediction, highest first; ties keep the input order (a stable sort)."""
+    return np.argsort(-predicted, kind="stable")
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Σ_b (n_b / n) |mean outcome_b - mean prediction_b| over equal-width probability bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    observed = np.bincount(which, weights=y, minlength=bins)
+    predicted = np.bincount(which, weights=p, minlength=bins)
+    used = count > 0
+    return float(np.sum(np.abs(observed[used] - predicted[used])) / len(y))
+
+
+def lift_at(y: np.ndarray, p: np.ndarray, share: float = 0.1) -> float:
+    """Positive rate among the top ``share`` by prediction over the overall positive rate."""
+    top = rank_by_prediction(p)[: max(1, int(np.ceil(share * len(y))))]
+    return float(y[top].mean() / y.mean())
+
+
+def gini(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Gini of ``actual`` ordered by ``predicted`` (highest first): area between the gains curve and
+    the diagonal, times two."""
+    order = rank_by_prediction(predicted)
+    gains = np.cumsum(actual[order]) / actual.sum()
+    n = len(actual)
+    return float(2.0 * (gains.sum() / n - (n + 1) / (2 * n)))
+
+
+def normalized_gini(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Gini of the model over the Gini of a perfect ranking (1 = perfect, 0 = random, -1 = reversed)."""
+    return gini(actual, predicted) / gini(actual, actual)
+
+
+def capture_at(actual: np.ndarray, predicted: np.ndarray, share: float = 0.2) -> float:
+    """Share of the total actual value held by the top ``share`` of customers by prediction."""
+    top = rank_by_prediction(predicted)[: max(1, int(np.ceil(share * len(actual))))]
+    return float(actual[top].sum() / actual.sum())
+
+
+def decile_table(actual: np.ndarray, predicted: np.ndarray, groups: int = 10) -> pd.DataFrame:
+    """Predicted against actual per decile of the prediction (decile 1 = highest predicted)."""
+    order = rank_by_prediction(predicted)
+    decile = np.empty(len(actual), dtype=int)
+    decile[order] = np.arange(len(actual)) * groups // len(actual) + 1
+    frame = pd.DataFrame({"decile": decile, "predicted": predicted, "actual": actual})
+    table = frame.groupby("decile").agg(
+        customers=("actual", "size"),
+        predicted_mean=("predicted", "mean"),
+        actual_mean=("actual", "mean"),
+        predicted_sum=("predicted", "sum"),
+        actual_sum=("actual", "sum"),
+    )
+    table["share_of_actual"] = table["actual_sum"] / actual.sum()
+    return table.reset_index()
+
+
+def _gains_figure(actual: np.ndarray, predicted: np.ndarray, ylabel: str) -> Figure:
+    order = rank_by_prediction(predicted)
+    share_customers = np.arange(1, len(actual) + 1) / len(actual)
+    gains = np.cumsum(actual[order]) / actual.sum()
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
+    axes.plot(np.r_[0, share_customers], np.r_[0, gains], label="model")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    axes.set(xlabel="share of customers, highest score first", ylabel=ylabel, title="Cumulative gains")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def _importance_figure(importance: pd.Series, top: int = 20) -> Figure:
+    shown = importance.sort_values(ascending=False).head(top)[::-1]
+    figure = Figure(figsize=(6, max(2.5, 0.3 * len(shown) + 1)))
+    axes = figure.add_subplot()
+    axes.barh(shown.index.astype(str), shown.to_numpy())
+    axes.set(xlabel="importance", title=f"Feature importance (top {len(shown)})")
+    figure.tight_layout()
+    return figure
+
+
+def evaluate_classifier(
+    actual: object, probability: object, *, feature_importance: pd.Series | None = None, bins: int = 10
+) -> Report:
+    """The classifier report; ``actual`` is 0/1, ``probability`` the predicted probability of 1."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        log_loss,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    y, p = _arrays(actual, probability)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("classifier outcomes must be 0 or 1")
+    if y.min() == y.max():
+        raise ValueError(f"the test set has only one class ({int(y[0])}): ROC AUC is undefined")
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError("probabilities must lie in [0, 1]")
+    metrics = {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        "ece": expected_calibration_error(y, p, bins),
+        "lift_top_decile": lift_at(y, p, 0.1),
+        "positive_rate": float(y.mean()),
+        "test_rows": float(len(y)),
+    }
+    quality = next(name for bound, name in QUALITY_BANDS if metrics["roc_auc"] < bound)
+
+    figures: dict[str, Figure] = {}
+    fpr, tpr, _ = roc_curve(y, p)
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
+    axes.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.3f}")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    axes.legend(loc="lower right")
+    figures["roc.png"] = figure
+
+    precision, recall, _ = precision_recall_curve(y, p)
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
+    axes.plot(recall, precision, label=f"PR AUC {metrics['pr_auc']:.3f}")
+    axes.axhline(y.mean(), linestyle="--", color="grey", label="base rate")
+    axes.set(xlabel="recall", ylabel="precision", title="Precision-recall")
+    axes.legend(loc="upper right")
+    figures["pr.png"] = figure
+
+    observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
+    axes.plot(predicted, observed, marker="o", label=f"ECE {metrics['ece']:.3f}")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    axes.set(xlabel="predicted probability", ylabel="observed rate", title="Calibration")
+    axes.legend(loc="upper left")
+    figures["calibration.png"] = figure
+
+    figures["gains.png"] = _gains_figure(y, p, "share of positives")
+    if feature_importance is not None and len(feature_importance):
+        figures["feature_importance.png"] = _importance_figure(feature_importance)
+    tables = {"deciles": decile_table(y, p)}
+    return Report("classifier", "roc_auc", metrics, tables, figures, quality)
+
+
+def evaluate_regression(actual: object, predicted: object, *, feature_importance: pd.Series | None = None) -> Report:
+    """The value report (CLV): ``actual`` and ``predicted`` spend per customer over the same window."""
+    from scipy.stats import spearmanr
+
+    y, p = _arrays(actual, predicted)
+    if y.sum() <= 0:
+        raise ValueError("actual values sum to zero or less: Gini and capture are undefined")
+    metrics = {
+        "gini_normalized": normalized_gini(y, p),
+        "top20_capture": capture_at(y, p, 0.2),
+        "aggregate_error": float(p.sum() / y.sum() - 1.0),
+        "mae": float(np.mean(np.abs(p - y))),
+        "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
+        "spearman": float(spearmanr(y, p).statistic),
+        "test_rows": float(len(y)),
+    }
+    table = decile_table(y, p)
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    width = 0.4
+    axes.bar(table["decile"] - width / 2, table["predicted_mean"], width, label="predicted")
+    axes.bar(table["decile"] + width / 2, table["actual_mean"], width, label="actual")
+    axes.set(xlabel="decile of predicted value (1 = highest)", ylabel="mean value", title="Predicted vs actual")
+    axes.set_xticks(table["decile"])
+    axes.legend()
+    figures = {"deciles.png": figure, "gains.png": _gains_figure(y, p, "share of actual value")}
+    if feature_importance is not None and len(feature_importance):
+        figures["feature_importance.png"] = _importance_figure(feature_importance)
+    return Report("regression", "gini_normalized", metrics, {"deciles": table}, figures)
+
+
+def is_better(new: Report, current: Report) -> bool:
+    """Whether ``new`` beats ``current`` on their (shared) primary metric; higher is better."""
+    if new.primary_metric != current.primary_metric:
+        raise ValueError(f"cannot compare {new.primary_metric} with {current.primary_metric}")
+    return new.primary > current.primary
+
+
+def compare(candidate: Report, baseline: Report) -> dict[str, float]:
+    """Every metric both reports have, side by side, with the candidate's primary-metric margin."""
+    both = {
+        f"{name}{suffix}": value
+        for name in candidate.metrics
+        if name in baseline.metrics
+        for suffix, value in (("", candidate.metrics[name]), ("_baseline", baseline.metrics[name]))
+    }
+    both["primary_margin"] = candidate.primary - baseline.primary
+    return both
