@@ -70,7 +70,8 @@ def read_raw_table(path: Path, table: TableConfig) -> pd.DataFrame:
             )
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot be read as {fmt} ({exc})") from exc
-    frame = frame.loc[:, [c for c in frame.columns if not (c.startswith("Unnamed:") and frame[c].isna().all())]]
+    # An empty trailing column from an Excel re-save (Leads.csv) carries nothing: drop it.
+    frame = frame.loc[:, [c for c in frame.columns if not (str(c).startswith("Unnamed:") and frame[c].isna().all())]]
     frame[ROW] = np.arange(1, len(frame) + 1, dtype=np.int64)
     return frame
 

@@ -18,12 +18,13 @@ Conventions (docs/data-contract.md):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numba
 import numpy as np
 import pandas as pd
+
+from features.attributes import attribute_slug
 
 NS_PER_DAY = 86_400 * 10**9
 # 1970-01-01 was a Thursday: shifting by 3 days makes weeks start on Monday, as pandas' 'W' periods do.
@@ -36,8 +37,7 @@ def week_of_day(day: np.ndarray | int) -> np.ndarray:
 
 
 def category_column(category: str) -> str:
-    slug = re.sub(r"[^0-9a-z]+", "_", str(category).lower()).strip("_") or "blank"
-    return f"category_share_{slug}"
+    return f"category_share_{attribute_slug(category)}"
 
 
 def top_categories(transactions: pd.DataFrame, as_of: pd.Timestamp | str, k: int) -> list[str]:

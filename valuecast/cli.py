@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import pandas as pd
 import typer
@@ -46,7 +46,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -73,7 +73,6 @@ def parse_date(value: str | None, option: str) -> pd.Timestamp | None:
         return pd.Timestamp(pd.to_datetime(value, format="%Y-%m-%d"))
     except (ValueError, TypeError):
         fail(f"{option}={value!r} is not a date: write it as YYYY-MM-DD, e.g. 1997-10-01")
-    raise AssertionError("unreachable")
 
 
 @contextmanager
