@@ -93,11 +93,15 @@ training-set: setup ## Features + labels at monthly cut-offs, stacked with a 'cu
 	$(VALUECAST) training-set --data $(DATA) --horizon-days $(HORIZON_DAYS) $(if $(CUTOFFS),--cutoffs $(CUTOFFS),) --out $(OUT)
 
 .PHONY: bench
-bench: bench-features ## Run every benchmark and print its figures
+bench: bench-features bench-clv ## Run every benchmark and print its figures
 
 .PHONY: bench-features
 bench-features: setup ## Features for 10M synthetic transactions of 1M customers from Parquet: time, memory, vs lifetimes
 	$(BIN)/python -m benchmarks.bench_features --customers $(BENCH_CUSTOMERS)
+
+.PHONY: bench-clv
+bench-clv: setup ## BG/NBD + Gamma-Gamma fit on 1M synthetic customers: time and recovered parameters
+	$(BIN)/python -m benchmarks.bench_clv --customers $(BENCH_CUSTOMERS)
 
 .PHONY: clean
 clean: ## Remove outputs and caches (keeps .venv and the MLflow store)
