@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from features.attributes import attribute_slug
+from features.codes import factorize
 
 NS_PER_DAY = 86_400 * 10**9
 # 1970-01-01 was a Thursday: shifting by 3 days makes weeks start on Monday, as pandas' 'W' periods do.
@@ -67,9 +68,8 @@ def encode(values: pd.Series, keep: np.ndarray, missing: str | None = None) -> t
         labels = values.cat.categories.astype("string").to_numpy(dtype=object)
     else:
         # On the Series itself: Arrow-backed text is factorised by Arrow, without Python strings.
-        codes, uniques = pd.factorize(values if keep.all() else values[keep], use_na_sentinel=True)
-        codes = codes.astype(np.int32)
-        labels = pd.Index(uniques).astype("string").to_numpy(dtype=object)
+        codes, uniques = factorize(values if keep.all() else values[keep])
+        labels = uniques.astype("string").to_numpy(dtype=object)
     if (codes < 0).any():
         if missing is None:
             raise ValueError(f"column '{values.name}' has missing values")

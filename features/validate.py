@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from features.codes import factorize
 from features.config import TRANSACTION_REQUIRED, DatasetConfig, TableConfig
 
 ROW = "_row"
@@ -110,7 +111,7 @@ def _normalise_ids(values: pd.Series) -> pd.Series:
         whole = values.dropna()
         if (whole == np.floor(whole)).all():
             values = values.astype("Int64")
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    codes, uniques = factorize(values)
     text = pd.Series(uniques.astype("string"), dtype="string").str.strip()
     blank = text.isna() | text.eq("")
     if blank.any() or text.duplicated().any():
