@@ -1,0 +1,109 @@
+"""Model configs: one YAML file per model family, with per-dataset overrides, loaded strictly.
+
+``configs/models/<family>.yaml`` holds the family's defaults and, under ``datasets:``, the keys that
+differ for a bundled dataset. Unknown keys are rejected with their path. Defaults live here, once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from features.config import PROJECT_ROOT, ConfigError, format_validation_error
+
+MODEL_CONFIG_DIR = PROJECT_ROOT / "configs" / "models"
+Family = Literal["churn", "propensity", "lead_score", "clv"]
+FAMILIES: tuple[Family, ...] = ("churn", "propensity", "lead_score", "clv")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class XGBoostParams(_Strict):
+    """Gradient boosting settings (xgboost's own names)."""
+
+    n_estimators: int = Field(default=400, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0, le=1)
+    max_depth: int = Field(default=4, ge=1, le=16)
+    min_child_weight: float = Field(default=1.0, ge=0)
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.8, gt=0, le=1)
+    reg_lambda: float = Field(default=1.0, ge=0)
+    objective: str | None = Field(default=None, description="Default per family: binary:logistic or reg:tweedie.")
+    tweedie_variance_power: float = Field(default=1.5, gt=1, lt=2)
+
+
+class Guards(_Strict):
+    """When training refuses: too few examples, too little history, a column that leaks the label."""
+
+    min_positives: int = Field(default=100, ge=1)
+    min_negatives: int = Field(default=100, ge=1)
+    history_horizons: float = Field(default=2.0, ge=0, description="Required history, in horizons.")
+    leakage_auc: float = Field(
+        default=0.95, gt=0.5, le=1.0, description="A single column above this AUC stops training."
+    )
+    allow_columns: list[str] = Field(default_factory=list, description="Columns exempt from the leakage check.")
+
+
+class ModelConfig(_Strict):
+    """Everything a training run of one family on one dataset depends on."""
+
+    family: Family
+    seed: int = 0
+    horizon_days: int = Field(default=90, ge=1)
+    cutoffs: int = Field(default=6, ge=1, description="Monthly cut-offs in the training set; the latest is the test.")
+    test_size: float = Field(
+        default=0.3, gt=0, lt=1, description="Held-out share where there is no time (snapshots, leads)."
+    )
+    calibration: Literal["isotonic", "sigmoid", "none"] = "isotonic"
+    top_categories: int = Field(default=5, ge=0, description="Propensity: one model per top-K category.")
+    discount_rate_monthly: float = Field(default=0.01, ge=0, lt=1, description="CLV: monthly discount rate.")
+    penalizers: list[float] = Field(default_factory=lambda: [0.0, 0.001, 0.01, 0.1])
+    feed_btyd: bool = Field(default=True, description="CLV: give the gradient-boosted model the BG/NBD outputs.")
+    score_tiers: dict[str, float] = Field(
+        default_factory=lambda: {"hot": 70.0, "warm": 40.0},
+        description="Lead score: lowest 0-100 score of each tier; below the last is cold.",
+    )
+    top_reasons: int = Field(default=3, ge=0)
+    xgboost: XGBoostParams = XGBoostParams()
+    guards: Guards = Guards()
+
+
+def load_model_config(family: str, dataset: str | None = None, path: Path | None = None) -> ModelConfig:
+    """The family's config, with the overrides its file lists for ``dataset`` applied."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model '{family}': use one of {', '.join(FAMILIES)} (or all)")
+    path = path or MODEL_CONFIG_DIR / f"{family}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such model config file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    overrides: dict[str, Any] = (raw.pop("datasets", None) or {}).get(dataset or "", {}) or {}
+    merged = _merge(raw, overrides)
+    merged.setdefault("family", family)
+    if merged["family"] != family:
+        raise ConfigError(f"{path}: family is '{merged['family']}' but the file is for '{family}'")
+    try:
+        return ModelConfig.model_validate(merged)
+    except ValidationError as exc:
+        where = f" (with the overrides for dataset '{dataset}')" if overrides else ""
+        raise ConfigError(f"{path}{where}: {format_validation_error(exc)}") from exc
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: an override replaces a value, or merges into a mapping."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
