@@ -26,6 +26,8 @@ OUT ?=
 HORIZON_DAYS ?= 90
 CUTOFFS ?=
 BENCH_CUSTOMERS ?= 1000000
+MODEL ?= all
+CONFIG ?=
 
 as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
 
@@ -91,6 +93,14 @@ labels: setup ## Outcomes in the HORIZON_DAYS after AS_OF for DATA, written to O
 training-set: setup ## Features + labels at monthly cut-offs, stacked with a 'cutoff' column, to OUT
 	@test -n "$(OUT)" || { echo "error: set OUT=<file.parquet>"; exit 2; }
 	$(VALUECAST) training-set --data $(DATA) --horizon-days $(HORIZON_DAYS) $(if $(CUTOFFS),--cutoffs $(CUTOFFS),) --out $(OUT)
+
+.PHONY: train
+train: setup ## Train MODEL (churn|propensity|lead_score|clv|all, default all) on DATA, log to MLflow, promote if better
+	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: model-quality
+model-quality: setup ## Train every family on the bundled datasets; regenerate docs/model-quality.md
+	$(VALUECAST) model-quality
 
 .PHONY: bench
 bench: bench-features bench-clv ## Run every benchmark and print its figures

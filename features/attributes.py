@@ -97,6 +97,18 @@ class AttributeEncoder:
                     names.append(f"attr_{attribute_slug(column)}__infrequent")
         return _unique(names)
 
+    @property
+    def source_columns(self) -> list[str]:
+        """For each name in :attr:`feature_names`, the attribute column it encodes."""
+        sources = list(self.numeric)
+        if self.encoder is not None:
+            for column, levels, infrequent in zip(
+                self.categorical, self.encoder.categories_, self.encoder.infrequent_categories_, strict=True
+            ):
+                rare = set(infrequent) if infrequent is not None else set()
+                sources += [column] * (sum(v not in rare for v in levels) + (1 if rare else 0))
+        return sources
+
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Encoded attributes, one row per input row, in the input's order."""
         parts: dict[str, np.ndarray] = {}

@@ -26,7 +26,8 @@ def test_shipped_configs_load(family: str) -> None:
 
 def test_dataset_overrides_apply_only_to_their_dataset() -> None:
     assert load_model_config("clv", "cdnow").horizon_days == 273
-    assert load_model_config("clv", "online_retail").horizon_days == 365
+    assert load_model_config("clv", "online_retail").horizon_days == 90
+    assert load_model_config("clv", "telco").horizon_days == 365  # no overrides: the defaults
     telco = load_model_config("churn", "telco")
     assert telco.xgboost.max_depth == 3 and telco.xgboost.subsample == 0.8  # nested merge keeps the rest
 

@@ -7,6 +7,9 @@ run on the distinct rows with their counts as ``weights``: the same parameters, 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,7 +56,11 @@ def _try_penalizers(
     attempts = []
     for penalizer in penalizers:
         try:
-            model = fit_one(penalizer)
+            # lifetimes and autograd warn on every overflow of a trial step, and lifetimes prints scipy's
+            # result before raising ConvergenceError; the outcome is checked and reported below
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                model = fit_one(penalizer)
         except (ConvergenceError, ValueError, FloatingPointError) as exc:
             attempts.append(f"{what} with penalizer {penalizer}: {str(exc).strip().splitlines()[0]}")
             continue
@@ -171,3 +178,17 @@ def predict_btyd(
         conditional = (p * (v + frequency * monetary)) / (p * frequency + q - 1)
         result["expected_order_value"] = np.where(usable, conditional, population_mean)
     return result
+
+
+BTYD_FEATURES = ("btyd_expected_orders", "btyd_p_alive")
+
+
+def btyd_features(summary: pd.DataFrame, horizon_days: int, penalizers: Sequence[float]) -> pd.DataFrame:
+    """BG/NBD fitted on one cut-off's customers (their history only: no labels) and its outputs per
+    customer, as features for gradient boosting: expected orders in the horizon and P(alive)."""
+    model = fit_btyd(summary, with_spend=False, penalizers=penalizers)
+    predicted = predict_btyd(model, summary, horizon_days)
+    return pd.DataFrame(
+        {"btyd_expected_orders": predicted["expected_orders"], "btyd_p_alive": predicted["p_alive"]},
+        index=summary.index,
+    )

@@ -63,7 +63,19 @@ class ModelConfig(_Strict):
     top_categories: int = Field(default=5, ge=0, description="Propensity: one model per top-K category.")
     discount_rate_monthly: float = Field(default=0.01, ge=0, lt=1, description="CLV: monthly discount rate.")
     penalizers: list[float] = Field(default_factory=lambda: [0.0, 0.001, 0.01, 0.1])
-    feed_btyd: bool = Field(default=True, description="CLV: give the gradient-boosted model the BG/NBD outputs.")
+    feed_btyd: bool = Field(default=True, description="Give the gradient-boosted model the BG/NBD outputs.")
+    train_horizon_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="CLV: horizon of the training labels when the history is too short for training windows "
+        "of the full horizon before the test cut-off (the BG/NBD curve scales the prediction up). Default: "
+        "horizon_days.",
+    )
+    test_cutoff: str | None = Field(
+        default=None,
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Fixed test cut-off (YYYY-MM-DD); default the latest month start with a full label window.",
+    )
     score_tiers: dict[str, float] = Field(
         default_factory=lambda: {"hot": 70.0, "warm": 40.0},
         description="Lead score: lowest 0-100 score of each tier; below the last is cold.",

@@ -147,6 +147,7 @@ def log_model(
     output_example: pd.DataFrame,
     pip_requirements: list[str],
     code_paths: list[str] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> str:
     """Log a pyfunc model with its signature; returns the model URI.
 
@@ -155,12 +156,12 @@ def log_model(
     import mlflow
     from mlflow.models import infer_signature
 
-    signature = infer_signature(input_example, output_example)
+    signature = infer_signature(input_example, output_example, params=dict(params) if params else None)
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=python_model,
         signature=signature,
-        input_example=input_example,
+        input_example=(input_example, dict(params)) if params else input_example,
         pip_requirements=pip_requirements,
         code_paths=code_paths,
     )

@@ -46,6 +46,14 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines (uv project detected, input example validated...) would bury the progress."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*serialized using CloudPickle.*")
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -229,6 +237,57 @@ def demo(
 
     with user_errors():
         run_demo(out, as_of=parse_date(as_of, "AS_OF"), horizon_days=horizon_days, echo=typer.echo)
+
+
+@app.command()
+def train(
+    data: DataOption,
+    model: Annotated[str, typer.Option("--model", "-m", help="churn, propensity, lead_score, clv, or all.")] = "all",
+    config: Annotated[
+        Path | None, typer.Option(help="Model config YAML (default configs/models/<model>.yaml); one model only.")
+    ] = None,
+) -> None:
+    """Train, evaluate against the baselines, log to MLflow, register, and promote when better."""
+    _quiet_libraries()
+    _quiet_mlflow()
+    from features.config import load_dataset_config
+    from training.guards import TrainingRefusedError
+    from training.run import families_for, metrics_frame, train_and_log
+
+    with user_errors():
+        if model == "all":
+            if config is not None:
+                fail("--config (CONFIG=) applies to one model: set MODEL=churn|propensity|lead_score|clv")
+            families = families_for(load_dataset_config(data))
+        else:
+            families = [model]
+        outcomes = []
+        for family in families:
+            try:
+                outcome = train_and_log(family, data, config_path=config, echo=lambda m: typer.echo(m, err=True))
+            except TrainingRefusedError as exc:
+                fail(f"{family}: training refused: {exc}")
+            outcomes.append(outcome)
+            for line in outcome.summary():
+                typer.echo(line)
+            typer.echo(f"  ({outcome.seconds:.1f}s)")
+        if len(outcomes) > 1:
+            typer.echo(
+                metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format)
+            )
+
+
+@app.command("model-quality")
+def model_quality(
+    out: Annotated[Path | None, typer.Option(help="Output page (default docs/model-quality.md).")] = None,
+) -> None:
+    """Train every family on the bundled datasets and write the models-against-baselines page."""
+    _quiet_libraries()
+    from training.quality import write
+
+    with user_errors():
+        path = write(out, echo=lambda m: typer.echo(m, err=True))
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -1,0 +1,247 @@
+"""What every model family shares: the result of training, the feature matrix, calibrated gradient
+boosting, per-row reasons, and the scoring of raw inputs.
+
+Each family module has ``train(dataset, config) -> Trained``: pure (no MLflow, no files), so that the
+same function serves ``make train``, ``make model-quality`` and tests. The model it returns is an
+``PythonModel`` that keeps the dataset's cleaning rules, the feature settings, the
+category list and the fitted attribute encoder, so that a logged version scores raw inputs with
+exactly the numbers it was evaluated with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from features.attributes import AttributeEncoder
+from features.config import TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED, DatasetConfig, TableConfig
+from features.io import Dataset
+from features.pipeline import build_customer_features
+from features.validate import ROW, check_table
+from training.btyd import BTYDModel, predict_btyd
+from training.config import ModelConfig
+from training.evaluation import Report
+
+# Columns of a training set that are keys or outcomes, never model inputs.
+NOT_FEATURES = {
+    "cutoff",
+    "as_of",
+    "customer_id",
+    "lead_id",
+    "purchased",
+    "future_spend",
+    "future_refunds",
+    "future_orders",
+    "churned",
+    "converted",
+    "label_window_days",
+}
+
+
+@dataclass
+class Trained:
+    """What a family's ``train`` returns, the same for every family."""
+
+    family: str
+    registered_name: str
+    model: PythonModel
+    report: Report
+    baselines: dict[str, Report]
+    test_window: str
+    params: dict[str, Any]
+    input_example: pd.DataFrame
+    output_example: pd.DataFrame
+    predict_params: dict[str, Any] | None = None
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    train_rows: int = 0
+    test_rows: int = 0
+
+    def best_baseline(self) -> tuple[str, Report]:
+        name = max(self.baselines, key=lambda k: self.baselines[k].primary)
+        return name, self.baselines[name]
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric model inputs of a feature table (keys, labels and per-category labels left out)."""
+    return [
+        c
+        for c in frame.columns
+        if c not in NOT_FEATURES and not c.startswith("purchased_") and pd.api.types.is_numeric_dtype(frame[c].dtype)
+    ]
+
+
+def matrix(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The model inputs in a fixed column order, floats, columns a frame lacks as missing."""
+    return frame.reindex(columns=list(columns)).astype("float64").reset_index(drop=True)
+
+
+def xgb_params(config: ModelConfig) -> dict[str, Any]:
+    return config.xgboost.model_dump(exclude={"objective", "tweedie_variance_power"})
+
+
+def params_for_logging(config: ModelConfig) -> dict[str, Any]:
+    flat = config.model_dump(exclude={"xgboost", "guards"})
+    flat |= {f"xgb_{k}": v for k, v in config.xgboost.model_dump().items()}
+    flat |= {f"guard_{k}": v for k, v in config.guards.model_dump().items()}
+    return flat
+
+
+def fit_classifier(x: pd.DataFrame, y: np.ndarray, config: ModelConfig) -> Any:
+    """Gradient boosting with calibrated probabilities (scikit-learn's ``CalibratedClassifierCV``).
+
+    ``ensemble=False``: the calibrator is fitted on 5-fold out-of-fold predictions and the booster is
+    refitted on all rows, so one booster explains every score (per-row contributions).
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from xgboost import XGBClassifier
+
+    booster = XGBClassifier(**xgb_params(config), objective="binary:logistic", random_state=config.seed, n_jobs=2)
+    if config.calibration == "none":
+        return booster.fit(x, y)
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=config.seed)
+    return CalibratedClassifierCV(booster, method=config.calibration, cv=folds, ensemble=False).fit(x, y)
+
+
+def booster_of(classifier: Any) -> Any:
+    """The fitted xgboost model inside a calibrated classifier."""
+    if hasattr(classifier, "calibrated_classifiers_"):
+        return classifier.calibrated_classifiers_[0].estimator
+    return classifier
+
+
+def importance(classifier: Any, columns: Sequence[str], sources: Sequence[str] | None = None) -> pd.Series:
+    values = pd.Series(booster_of(classifier).feature_importances_, index=list(columns))
+    if sources is not None:
+        values = values.groupby(np.asarray(sources)).sum()
+    return values.sort_values(ascending=False)
+
+
+def reasons(classifier: Any, x: pd.DataFrame, sources: Sequence[str], top: int) -> tuple[list[str], list[str]]:
+    """Per row, the ``top`` inputs raising and lowering the score most: xgboost's per-row contributions
+    (log-odds), summed over the encoded columns of each source column ("Lead Origin (+1.20)")."""
+    import xgboost
+
+    if top == 0:
+        return [""] * len(x), [""] * len(x)
+    contributions = booster_of(classifier).get_booster().predict(xgboost.DMatrix(x), pred_contribs=True)[:, :-1]
+    grouped = pd.DataFrame(contributions.T).groupby(np.asarray(sources), sort=True).sum()
+    names, values = grouped.index.to_numpy(), grouped.to_numpy().T
+    up, down = [], []
+    for row in values:
+        order = np.argsort(-row, kind="stable")
+        up.append("; ".join(f"{names[i]} (+{row[i]:.2f})" for i in order[:top] if row[i] > 0))
+        down.append("; ".join(f"{names[i]} ({row[i]:.2f})" for i in order[::-1][:top] if row[i] < 0))
+    return up, down
+
+
+def rfm_baseline(train: pd.DataFrame, y: np.ndarray, seed: int) -> Any:
+    """Logistic regression on recency, frequency and monetary value (the classic RFM baseline)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(
+        train[list(RFM_COLUMNS)].to_numpy(dtype=float), y
+    )
+
+
+RFM_COLUMNS = ("days_since_last_order", "order_count", "avg_order_value")
+
+
+def request_dataset(config: DatasetConfig, transactions: pd.DataFrame) -> Dataset:
+    """A dataset made of transactions sent with a request, in the contract's column names
+    (customer_id, timestamp, amount, optional contract columns, any other column an attribute),
+    checked with the trained dataset's cleaning rules. Unusable rows fail the request, naming them."""
+    contract = [c for c in (*TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL) if c in transactions.columns]
+    missing = [c for c in TRANSACTION_REQUIRED if c not in transactions.columns]
+    if missing:
+        raise ValueError(f"transactions need the column(s) {missing}; got {list(transactions.columns)}")
+    table = TableConfig(path="request", columns={c: c for c in contract}, duplicates="keep")
+    request_config = DatasetConfig(
+        name=config.name,
+        source_file="request",
+        transactions=table,
+        missing_values=config.missing_values,
+        value_maps={k: v for k, v in config.value_maps.items() if k in transactions.columns},
+        features=config.features,
+    )
+    frame = transactions.reset_index(drop=True).copy()
+    frame[ROW] = np.arange(1, len(frame) + 1)
+    checked = check_table(frame, table, request_config, "transactions", "request")
+    if not checked.quarantine.empty:
+        raise ValueError("; ".join(p.message() for p in checked.problems if p.quarantined))
+    return Dataset(request_config, transactions=checked)
+
+
+class CustomerModel(PythonModel):
+    """A model of customers with a transaction history.
+
+    ``predict`` takes transactions in the contract's column names and the ``as_of`` date as a
+    parameter (default: the day after the last transaction), computes the features with the feature
+    code and the categories and encoder fixed at training, and returns one row per customer.
+    ``score_features`` scores a feature table that was computed already (batch scoring computes
+    features once for every model).
+    """
+
+    def __init__(
+        self,
+        dataset_config: DatasetConfig,
+        categories: list[str],
+        encoder: AttributeEncoder | None,
+        columns: list[str],
+        btyd: BTYDModel | None = None,
+        horizon_days: int = 90,
+    ) -> None:
+        self.dataset_config = dataset_config
+        self.categories = categories
+        self.encoder = encoder
+        self.columns = columns
+        self.btyd = btyd
+        self.horizon_days = horizon_days
+
+    def features(self, dataset: Dataset, as_of: pd.Timestamp | str) -> pd.DataFrame:
+        """The customer features as of ``as_of`` plus, when the model uses them, the outputs of the
+        BG/NBD model fitted at training (population parameters applied to each customer)."""
+        frame = build_customer_features(dataset, as_of, categories=self.categories, encoder=self.encoder).frame
+        return self.add_btyd(frame)
+
+    def add_btyd(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.btyd is None:
+            return frame
+        predicted = predict_btyd(self.btyd, frame, self.horizon_days)
+        return frame.assign(
+            btyd_expected_orders=predicted["expected_orders"].to_numpy(),
+            btyd_p_alive=predicted["p_alive"].to_numpy(),
+        )
+
+    def score_features(self, features: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        dataset = request_dataset(self.dataset_config, model_input)
+        as_of = (params or {}).get("as_of") or (
+            dataset.transactions.frame["timestamp"].max().normalize() + pd.Timedelta(days=1)  # type: ignore[union-attr]
+        )
+        return self.score_features(self.features(dataset, as_of))
+
+
+def contract_example(dataset: Dataset, customers: int = 3) -> pd.DataFrame:
+    """A few customers' transactions in contract column names: a logged model's input example."""
+    assert dataset.transactions is not None
+    tx = dataset.transactions.frame.drop(columns=[ROW], errors="ignore")
+    ids = tx["customer_id"].astype("string")
+    chosen = ids.drop_duplicates().iloc[:customers]
+    example = tx.loc[ids.isin(chosen)].copy()
+    example["customer_id"] = example["customer_id"].astype(str)
+    for column in example.columns:
+        if isinstance(example[column].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(example[column]):
+            example[column] = example[column].astype(object)
+    return example.reset_index(drop=True)
