@@ -61,7 +61,7 @@ lock: $(UV) ## Re-resolve uv.lock after changing dependencies in pyproject.toml
 	$(UV) lock --python python$(PYTHON_VERSION)
 
 .PHONY: demo
-demo: setup ## Set up, then build features and labels for every bundled dataset and print a summary
+demo: setup ## Set up, then features and labels for every bundled dataset, then train and register the models
 	$(VALUECAST) demo
 
 .PHONY: test
@@ -103,7 +103,7 @@ model-quality: setup ## Train every family on the bundled datasets; regenerate d
 	$(VALUECAST) model-quality
 
 .PHONY: bench
-bench: bench-features bench-clv ## Run every benchmark and print its figures
+bench: bench-features bench-clv bench-train ## Run every benchmark and print its figures
 
 .PHONY: bench-features
 bench-features: setup ## Features for 10M synthetic transactions of 1M customers from Parquet: time, memory, vs lifetimes
@@ -112,6 +112,10 @@ bench-features: setup ## Features for 10M synthetic transactions of 1M customers
 .PHONY: bench-clv
 bench-clv: setup ## BG/NBD + Gamma-Gamma fit on 1M synthetic customers: time and recovered parameters
 	$(BIN)/python -m benchmarks.bench_clv --customers $(BENCH_CUSTOMERS)
+
+.PHONY: bench-train
+bench-train: setup ## make train MODEL=all DATA=cdnow against a temporary MLflow store: wall time and memory
+	$(BIN)/python -m benchmarks.bench_train --data cdnow
 
 .PHONY: clean
 clean: ## Remove outputs and caches (keeps .venv and the MLflow store)

@@ -94,24 +94,71 @@ def test_make_help_is_the_default_and_lists_every_target() -> None:
         ["make", "--no-print-directory", "-C", str(ROOT)], capture_output=True, text=True, check=True
     )
     targets = make_targets()
-    assert {"help", "setup", "demo", "test", "features", "labels", "training-set", "bench-features"} <= targets
+    assert {
+        "help",
+        "setup",
+        "demo",
+        "test",
+        "features",
+        "labels",
+        "training-set",
+        "bench-features",
+        "train",
+        "model-quality",
+        "bench-train",
+    } <= targets
     for target in targets:
         assert re.search(rf"^  {re.escape(target)} +\S", listed.stdout, flags=re.M), target
 
 
+@pytest.fixture()
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    return uri
+
+
 @pytest.mark.slow
-def test_demo_builds_every_bundled_dataset(tmp_path: Path) -> None:
+def test_demo_builds_every_bundled_dataset_and_registers_the_models(tmp_path: Path, mlflow_store: str) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cdnow" / "features.parquet").exists()
     assert "cdnow" in result.output and "23,570 customers" in result.output
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_store)
+    for name in ("valuecast-churn", "valuecast-propensity", "valuecast-clv", "valuecast-lead-score"):
+        assert client.get_model_version_by_alias(name, "champion").version is not None, name
+
+
+def test_train_prints_runs_metrics_baselines_and_the_promotion(mlflow_store: str) -> None:
+    result = runner.invoke(app, ["train", "--data", "telco", "--model", "churn"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"churn on telco: run [0-9a-f]{32}", result.output)
+    assert re.search(r"model +roc_auc 0\.8\d+", result.output)
+    assert "baseline  logistic_regression: roc_auc" in result.output
+    assert "valuecast-churn v1: first version, now champion" in result.output
+
+
+def test_train_refusals_and_unknown_models_are_one_line(mlflow_store: str) -> None:
+    refused = runner.invoke(app, ["train", "--data", "cdnow", "--model", "lead_score"])
+    assert refused.exit_code == 2
+    assert (
+        "lead_score: training refused: dataset 'cdnow' has no leads table with a 'converted' column" in refused.output
+    )
+    unknown = runner.invoke(app, ["train", "--data", "cdnow", "--model", "ltv"])
+    assert (
+        unknown.exit_code == 2
+        and "unknown model 'ltv': use one of churn, propensity, lead_score, clv" in unknown.output
+    )
 
 
 def test_demo_without_the_shared_data_uses_cdnow_and_synthetic_leads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VALUECAST_DATA_ROOT", str(tmp_path / "nothing-here"))
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "out")])
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "out"), "--no-train"])
     assert result.exit_code == 0, result.output
     assert "using synthetic leads instead of X Education" in result.output
     assert "skipped online_retail" in result.output

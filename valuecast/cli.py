@@ -47,11 +47,16 @@ def _quiet_libraries() -> None:
 
 
 def _quiet_mlflow() -> None:
-    """MLflow's INFO lines (uv project detected, input example validated...) would bury the progress."""
+    """MLflow's INFO lines (uv project detected, input example validated...) and two warnings that are
+    not actionable here (no pip in a uv venv; the cloudpickle notice on every model) would bury the
+    progress. Set after importing mlflow, which configures its loggers on import."""
     import logging
 
+    import mlflow  # noqa: F401
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*serialized using CloudPickle.*")
+    for name in ("mlflow.utils.environment", "mlflow.pyfunc", "mlflow.utils.uv_utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -230,13 +235,37 @@ def demo(
     as_of: AsOfOption = None,
     horizon_days: HorizonOption = 90,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
+    train_models: Annotated[
+        bool, typer.Option("--train/--no-train", help="Also train and register the models.")
+    ] = True,
 ) -> None:
-    """Features and labels for every bundled dataset there is, with a summary of each."""
+    """Features and labels for every bundled dataset there is, then every model trained, logged and
+    registered in MLflow: CDNOW's churn, propensity and CLV, and X Education's lead score."""
     _quiet_libraries()
     from features.demo import run_demo
 
     with user_errors():
         run_demo(out, as_of=parse_date(as_of, "AS_OF"), horizon_days=horizon_days, echo=typer.echo)
+    if train_models:
+        _demo_training()
+
+
+def _demo_training() -> None:
+    _quiet_mlflow()
+    from features.io import DatasetMissingError
+    from training import tracking
+    from training.run import metrics_frame, train_and_log
+
+    typer.echo(f"\nTraining (MLflow store: {tracking.tracking_uri()})")
+    outcomes = []
+    for family, data in (("churn", "cdnow"), ("propensity", "cdnow"), ("clv", "cdnow"), ("lead_score", "x_education")):
+        with user_errors():
+            try:
+                outcomes.append(train_and_log(family, data, echo=lambda m: typer.echo(f"  {m}", err=True)))
+            except DatasetMissingError as exc:
+                typer.echo(f"  {family} on {data}: skipped, {exc}")
+    typer.echo(metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format))
+    typer.echo("Browse the runs with: .venv/bin/mlflow ui --backend-store-uri " + tracking.tracking_uri())
 
 
 @app.command()
