@@ -27,6 +27,9 @@ HORIZON_DAYS ?= 90
 CUTOFFS ?=
 BENCH_CUSTOMERS ?= 1000000
 MODEL ?= all
+RULES ?=
+HOST ?= 127.0.0.1
+PORT ?= 3000
 CONFIG ?=
 
 as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
@@ -97,6 +100,22 @@ training-set: setup ## Features + labels at monthly cut-offs, stacked with a 'cu
 .PHONY: train
 train: setup ## Train MODEL (churn|propensity|lead_score|clv|all, default all) on DATA, log to MLflow, promote if better
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: segments
+segments: setup ## Score DATA with the champions and freeze the segment tier cut-offs (segments/*.json) for API and batch
+	$(VALUECAST) segments --data $(DATA) $(as_of_arg) $(if $(RULES),--rules $(RULES),)
+
+.PHONY: serve
+serve: setup ## Start the scoring API (BentoML) on HOST:PORT (default 127.0.0.1:3000) with the champion models
+	$(BIN)/bentoml serve serving.service:ValueService --host $(HOST) --port $(PORT)
+
+.PHONY: reload
+reload: ## Tell the running API to switch to the current champions (POST /reload)
+	curl -fsS -X POST $(if $(VALUECAST_API_KEY),-H "X-API-Key: $(VALUECAST_API_KEY)",) http://$(HOST):$(PORT)/reload; echo
+
+.PHONY: bento
+bento: setup ## Build the scoring API as a Bento (bentoml build, bentofile.yaml)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/bentoml build
 
 .PHONY: model-quality
 model-quality: setup ## Train every family on the bundled datasets; regenerate docs/model-quality.md

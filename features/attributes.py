@@ -110,7 +110,11 @@ class AttributeEncoder:
         return sources
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Encoded attributes, one row per input row, in the input's order."""
+        """Encoded attributes, one row per input row, in the input's order. An attribute the frame
+        lacks (an API request that leaves it out) is missing for every row, not an error."""
+        absent = [c for c in (*self.numeric, *self.categorical) if c not in frame.columns]
+        if absent:
+            frame = frame.assign(**{c: pd.Series(pd.NA, index=frame.index, dtype="object") for c in absent})
         parts: dict[str, np.ndarray] = {}
         for column in self.numeric:
             values = _as_number(frame[column])

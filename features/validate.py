@@ -28,6 +28,14 @@ class DataError(ValueError):
     """Data that cannot be used at all; the message says which file, column and how to fix it."""
 
 
+class NoUsableRowsError(DataError):
+    """Every row of a table failed a check; ``problems`` say which and why."""
+
+    def __init__(self, message: str, problems: list[Problem]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 @dataclass(frozen=True)
 class Problem:
     """One kind of problem in one column, with how many rows it touches."""
@@ -379,7 +387,7 @@ def check_table(
     usable = out.loc[~collector.bad].reset_index(drop=True) if collector.bad.any() else out
     if usable.empty:
         summary = "; ".join(p.message() for p in collector.problems) or "the file has no data rows"
-        raise DataError(f"{source}: no usable rows. {summary}")
+        raise NoUsableRowsError(f"{source}: no usable rows. {summary}", collector.problems)
     return Checked(usable, collector.quarantine_frame(), collector.problems)
 
 

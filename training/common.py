@@ -22,7 +22,7 @@ from features.attributes import AttributeEncoder
 from features.config import TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED, DatasetConfig, TableConfig
 from features.io import Dataset
 from features.pipeline import build_customer_features
-from features.validate import ROW, check_table
+from features.validate import ROW, Checked, NoUsableRowsError, Problem, check_table
 from training.btyd import BTYDModel, predict_btyd
 from training.config import ModelConfig
 from training.evaluation import Report
@@ -156,6 +156,14 @@ def rfm_baseline(train: pd.DataFrame, y: np.ndarray, seed: int) -> Any:
 RFM_COLUMNS = ("days_since_last_order", "order_count", "avg_order_value")
 
 
+class InputRowsError(ValueError):
+    """Rows sent for scoring that the dataset's rules reject; ``problems`` name column, rows and fix."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.message() for p in problems))
+        self.problems = problems
+
+
 def request_dataset(config: DatasetConfig, transactions: pd.DataFrame) -> Dataset:
     """A dataset made of transactions sent with a request, in the contract's column names
     (customer_id, timestamp, amount, optional contract columns, any other column an attribute),
@@ -174,10 +182,22 @@ def request_dataset(config: DatasetConfig, transactions: pd.DataFrame) -> Datase
         features=config.features,
     )
     frame = transactions.reset_index(drop=True).copy()
+    if frame.empty:  # customers without any history: scored as new customers
+        empty = pd.DataFrame(
+            {
+                "customer_id": pd.Series([], dtype="string"),
+                "timestamp": pd.Series([], dtype="datetime64[ns]"),
+                "amount": pd.Series([], dtype="float64"),
+            }
+        )
+        return Dataset(request_config, transactions=Checked(empty, pd.DataFrame()))
     frame[ROW] = np.arange(1, len(frame) + 1)
-    checked = check_table(frame, table, request_config, "transactions", "request")
+    try:
+        checked = check_table(frame, table, request_config, "transactions", "request")
+    except NoUsableRowsError as exc:
+        raise InputRowsError([p for p in exc.problems if p.quarantined]) from exc
     if not checked.quarantine.empty:
-        raise ValueError("; ".join(p.message() for p in checked.problems if p.quarantined))
+        raise InputRowsError([p for p in checked.problems if p.quarantined])
     return Dataset(request_config, transactions=checked)
 
 

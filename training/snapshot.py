@@ -19,8 +19,8 @@ from features.attributes import AttributeEncoder
 from features.config import DatasetConfig
 from features.io import Dataset, read_raw_table, table_path
 from features.pipeline import attribute_columns
-from features.validate import ROW, check_table
-from training.common import Trained, fit_classifier, importance, params_for_logging, reasons
+from features.validate import ROW, NoUsableRowsError, check_table
+from training.common import InputRowsError, Trained, fit_classifier, importance, params_for_logging, reasons
 from training.config import ModelConfig
 from training.evaluation import evaluate_classifier
 from training.guards import TrainingRefusedError, check_class_support, check_leakage
@@ -62,10 +62,19 @@ class SnapshotClassifier(PythonModel):
         """Rows as the file has them -> contract columns and cleaned attributes; bad rows fail, named."""
         table = getattr(self.dataset_config, self.kind)
         frame = raw.reset_index(drop=True).copy()
+        id_name = table.columns[self.id_column]
+        if id_name not in frame.columns:
+            raise ValueError(f"rows need the id column '{id_name}'; got {list(raw.columns)}")
+        for name in [*table.columns.values(), *table.exclude]:
+            if name not in frame.columns:  # the label and excluded columns are not sent when scoring
+                frame[name] = pd.NA
         frame[ROW] = np.arange(1, len(frame) + 1)
-        checked = check_table(frame, table, self.dataset_config, self.kind, "request")
+        try:
+            checked = check_table(frame, table, self.dataset_config, self.kind, "request")
+        except NoUsableRowsError as exc:
+            raise InputRowsError([p for p in exc.problems if p.quarantined]) from exc
         if not checked.quarantine.empty:
-            raise ValueError("; ".join(p.message() for p in checked.problems if p.quarantined))
+            raise InputRowsError([p for p in checked.problems if p.quarantined])
         return checked.frame.reset_index(drop=True)
 
     def probability(self, encoded: pd.DataFrame) -> np.ndarray:

@@ -306,6 +306,40 @@ def train(
             )
 
 
+@app.command()
+def segments(
+    data: DataOption,
+    as_of: AsOfOption = None,
+    rules: Annotated[Path | None, typer.Option(help="Segment rules YAML (default configs/segments.yaml).")] = None,
+) -> None:
+    """Score DATA with the champion models and freeze the segment tier cut-offs into a versioned file
+    (segments/segments-<version>.json) that the API and batch scoring load."""
+    _quiet_libraries()
+    _quiet_mlflow()
+    from features.pipeline import default_as_of
+    from serving.scoring import NotReadyError, load_champions, model_scores
+    from serving.segments import freeze, load_rules, write_frozen
+
+    cutoff = parse_date(as_of, "AS_OF")
+    with user_errors():
+        segment_rules = load_rules(rules)
+        dataset = _load(data, None)
+        cutoff = cutoff if cutoff is not None else default_as_of(dataset)
+        with step("loading the champion models"):
+            champions = load_champions()
+        try:
+            with step(f"scoring {dataset.config.name} as of {cutoff:%Y-%m-%d}"):
+                scores, facts = model_scores(champions, dataset, cutoff)
+        except NotReadyError as exc:
+            fail(f"{exc}. Train them first: make train DATA={data}")
+        frozen = freeze(
+            pd.concat([scores, facts], axis=1), segment_rules, f"{dataset.config.name} as of {cutoff:%Y-%m-%d}"
+        )
+        path = write_frozen(frozen)
+    floors = ", ".join(f"{tier} >= {value:,.2f}" for tier, value in frozen.value_floors.items())
+    typer.echo(f"wrote {path}: {frozen.customers:,} customers, CLV floors {floors}")
+
+
 @app.command("model-quality")
 def model_quality(
     out: Annotated[Path | None, typer.Option(help="Output page (default docs/model-quality.md).")] = None,

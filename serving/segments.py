@@ -1,0 +1,279 @@
+"""Economic-value segments: one place, used by the API and by batch scoring alike.
+
+Rules come from a YAML file (``configs/segments.yaml`` by default). Tier cut-offs are computed once
+on a scored population (:func:`freeze`) and written to a versioned segment file, which both the API
+and batch scoring load, so that a customer gets the same tier online and in batch. :func:`assign`
+is pure: scores and customer facts in, segment columns out.
+
+Inputs per customer (columns): ``clv``, ``churn_probability``, ``purchase_probability``, ``p_alive``,
+``total_spend`` (spend so far), ``days_since_last_order``, and where the data has them
+``days_since_last_refund``, ``days_since_last_complaint``, ``days_since_last_contact`` and the
+suppression flags (``opted_out``, ``do_not_contact``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from features.config import PROJECT_ROOT, ConfigError, format_validation_error
+from features.io import atomic_path
+
+DEFAULT_RULES = PROJECT_ROOT / "configs" / "segments.yaml"
+DEFAULT_FROZEN_DIR = PROJECT_ROOT / "segments"
+TIERS = ("A", "B", "C", "D")
+NO_ACTION = "no marketing action"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierRules(_Strict):
+    method: Literal["pareto", "thresholds"] = "pareto"
+    shares: dict[str, float] = Field(default_factory=lambda: {"A": 0.5, "B": 0.3, "C": 0.15})
+    thresholds: dict[str, float] = Field(default_factory=lambda: {"A": 1000.0, "B": 250.0, "C": 50.0})
+
+    @field_validator("shares", "thresholds")
+    @classmethod
+    def _tiers_a_b_c(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != {"A", "B", "C"}:
+            raise ValueError(f"give exactly the tiers A, B and C (D is the rest); got {sorted(value)}")
+        return value
+
+
+class Lapsed(_Strict):
+    p_alive_below: float = Field(default=0.3, ge=0, le=1)
+    days_since_last_order_over: float = Field(default=365, ge=0)
+
+
+class Condition(_Strict):
+    value_tier: list[str] | None = None
+    past_value_tier: list[str] | None = None
+    risk_band: list[str] | None = None
+    potential_band: list[str] | None = None
+    lapsed: bool | None = None
+
+
+class SegmentRule(_Strict):
+    name: str
+    when: Condition = Condition()
+    action: str
+
+
+class Suppression(_Strict):
+    flags: list[str] = Field(default_factory=lambda: ["opted_out", "do_not_contact"])
+    refund_within_days: int | None = 30
+    complaint_within_days: int | None = 30
+    contacted_within_days: int | None = 14
+
+
+class SegmentRules(_Strict):
+    version: int = 1
+    tiers: TierRules = TierRules()
+    risk_bands: dict[str, float] = Field(default_factory=lambda: {"high": 0.5, "medium": 0.25})
+    potential_bands: dict[str, float] = Field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
+    lapsed: Lapsed = Lapsed()
+    segments: list[SegmentRule]
+    suppression: Suppression = Suppression()
+
+
+def load_rules(path: Path | None = None) -> SegmentRules:
+    path = Path(path or os.environ.get("VALUECAST_SEGMENT_RULES") or DEFAULT_RULES)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such segment rules file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        rules = SegmentRules.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+    if not rules.segments or rules.segments[-1].when != Condition():
+        raise ConfigError(f"{path}: the last segment rule must have an empty 'when' so that every customer gets one")
+    return rules
+
+
+class FrozenSegments(_Strict):
+    """Tier cut-offs computed on a scored population, with the rules they belong to."""
+
+    version: str
+    created_at: str
+    population: str
+    customers: int
+    value_floors: dict[str, float]  # lowest CLV of tiers A, B, C
+    past_value_floors: dict[str, float]  # the same on spend so far (for "once valuable")
+    rules: SegmentRules
+
+
+def _pareto_floors(values: np.ndarray, shares: Mapping[str, float]) -> dict[str, float]:
+    """Lowest value in each tier when tiers hold the given cumulative shares of the total, top down."""
+    ordered = np.sort(np.nan_to_num(np.asarray(values, dtype=float), nan=0.0))[::-1]
+    total = ordered.sum()
+    floors: dict[str, float] = {}
+    cumulative = 0.0
+    if total <= 0:
+        return {tier: float("inf") for tier in ("A", "B", "C")}
+    running = np.cumsum(ordered) / total
+    for tier in ("A", "B", "C"):
+        cumulative += shares[tier]
+        # the customers needed to reach the cumulative share; the last of them sets the floor
+        last = int(np.searchsorted(running, min(cumulative, 1.0) - 1e-12))
+        floors[tier] = float(ordered[min(last, len(ordered) - 1)])
+    return floors
+
+
+def freeze(scores: pd.DataFrame, rules: SegmentRules, population: str) -> FrozenSegments:
+    """Tier cut-offs for ``scores`` (columns ``clv`` and ``total_spend``) under ``rules``."""
+    if rules.tiers.method == "pareto":
+        value = _pareto_floors(scores["clv"].to_numpy(), rules.tiers.shares)
+        past = _pareto_floors(scores["total_spend"].to_numpy(), rules.tiers.shares)
+    else:
+        value = past = {str(k): float(v) for k, v in rules.tiers.thresholds.items()}
+    now = datetime.now(UTC)
+    return FrozenSegments(
+        version=now.strftime("%Y%m%dT%H%M%S"),
+        created_at=now.isoformat(timespec="seconds"),
+        population=population,
+        customers=len(scores),
+        value_floors=value,
+        past_value_floors=past,
+        rules=rules,
+    )
+
+
+def write_frozen(frozen: FrozenSegments, folder: Path | None = None) -> Path:
+    folder = Path(folder or os.environ.get("VALUECAST_SEGMENTS_DIR") or DEFAULT_FROZEN_DIR)
+    target = folder / f"segments-{frozen.version}.json"
+    with atomic_path(target) as tmp:
+        tmp.write_text(frozen.model_dump_json(indent=2))
+    return target
+
+
+def latest_frozen(folder: Path | None = None) -> Path | None:
+    folder = Path(folder or os.environ.get("VALUECAST_SEGMENTS_DIR") or DEFAULT_FROZEN_DIR)
+    files = sorted(folder.glob("segments-*.json"))
+    return files[-1] if files else None
+
+
+def load_frozen(path: Path) -> FrozenSegments:
+    try:
+        return FrozenSegments.model_validate(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a valid segment file ({exc})") from exc
+
+
+def _tier(values: np.ndarray, floors: dict[str, float]) -> np.ndarray:
+    values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    tier = np.full(len(values), "D", dtype=object)
+    for name in ("C", "B", "A"):  # the highest tier reached wins
+        tier[values >= floors[name]] = name
+    return tier
+
+
+def _band(values: np.ndarray, floors: dict[str, float], below: str = "low") -> np.ndarray:
+    values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    band = np.full(len(values), below, dtype=object)
+    for name in sorted(floors, key=floors.__getitem__):  # ascending: the highest floor reached wins
+        band[values >= floors[name]] = name
+    return band
+
+
+def _truthy(values: pd.Series) -> np.ndarray:
+    text = values.astype("string").str.strip().str.lower()
+    return text.isin(["1", "1.0", "true", "yes", "y"]).to_numpy(dtype=bool)
+
+
+def assign(scores: pd.DataFrame, frozen: FrozenSegments) -> pd.DataFrame:
+    """Segment columns for each row of ``scores`` (same index)."""
+    rules = frozen.rules
+    n = len(scores)
+
+    def column(name: str, default: float = np.nan) -> np.ndarray:
+        if name in scores.columns:
+            return pd.to_numeric(scores[name], errors="coerce").to_numpy(dtype=float)
+        return np.full(n, default)
+
+    clv, churn = column("clv", 0.0), column("churn_probability", 0.0)
+    value_tier = _tier(clv, frozen.value_floors)
+    facts = {
+        "value_tier": value_tier,
+        "past_value_tier": _tier(column("total_spend", 0.0), frozen.past_value_floors),
+        "risk_band": _band(churn, rules.risk_bands),
+        "potential_band": _band(column("purchase_probability", 0.0), rules.potential_bands),
+    }
+    with np.errstate(invalid="ignore"):
+        lapsed = (column("p_alive", 1.0) < rules.lapsed.p_alive_below) | (
+            column("days_since_last_order", 0.0) > rules.lapsed.days_since_last_order_over
+        )
+
+    segment = np.full(n, "", dtype=object)
+    action = np.full(n, "", dtype=object)
+    open_rows = np.ones(n, dtype=bool)
+    for rule in rules.segments:
+        match = open_rows.copy()
+        for key, allowed in rule.when.model_dump(exclude_none=True).items():
+            if key == "lapsed":
+                match &= lapsed == bool(allowed)
+            else:
+                match &= np.isin(facts[key], list(allowed))
+        segment[match], action[match] = rule.name, rule.action
+        open_rows &= ~match
+
+    reasons = np.full(n, "", dtype=object)
+
+    def suppress(mask: np.ndarray, reason: str) -> None:
+        fresh = mask & (reasons == "")
+        reasons[fresh] = reason
+
+    for flag in rules.suppression.flags:
+        if flag in scores.columns:
+            suppress(_truthy(scores[flag]), flag.replace("_", " "))
+    for days, name, reason in (
+        (rules.suppression.refund_within_days, "days_since_last_refund", "refund"),
+        (rules.suppression.complaint_within_days, "days_since_last_complaint", "complaint"),
+        (rules.suppression.contacted_within_days, "days_since_last_contact", "contacted"),
+    ):
+        if days is not None and name in scores.columns:
+            with np.errstate(invalid="ignore"):
+                suppress(column(name) <= days, f"{reason} in the last {days} days")
+    suppressed = reasons != ""
+    action = np.where(suppressed, NO_ACTION, action)
+    return pd.DataFrame(
+        {
+            "value_tier": value_tier,
+            "value_at_risk": clv * churn,
+            "risk_band": facts["risk_band"],
+            "potential_band": facts["potential_band"],
+            "segment": segment,
+            "action": action,
+            "suppressed": suppressed,
+            "suppression_reason": pd.Series(reasons, index=scores.index).where(suppressed, None).to_numpy(),
+        },
+        index=scores.index,
+    )
+
+
+def summary(scores: pd.DataFrame) -> dict[str, Any]:
+    """Customers per segment, value and value at risk per tier, tier A's share of value."""
+    total = float(scores["clv"].sum())
+    by_tier = scores.groupby("value_tier")[["clv", "value_at_risk"]].sum().reindex(list(TIERS), fill_value=0.0)
+    return {
+        "customers": len(scores),
+        "segments": {str(k): int(v) for k, v in scores["segment"].value_counts().sort_index().items()},
+        "suppressed": int(scores["suppressed"].sum()),
+        "value_by_tier": {str(k): float(v) for k, v in by_tier["clv"].items()},
+        "value_at_risk_by_tier": {str(k): float(v) for k, v in by_tier["value_at_risk"].items()},
+        "tier_a_share_of_customers": float((scores["value_tier"] == "A").mean()) if len(scores) else 0.0,
+        "tier_a_share_of_value": float(by_tier.loc["A", "clv"] / total) if total > 0 else 0.0,
+    }

@@ -1,0 +1,271 @@
+"""The valuecast scoring API: a BentoML service with a FastAPI app mounted for full control of status
+codes and error bodies.
+
+Start it with ``make serve`` (127.0.0.1:3000; HOST/PORT to change). At start-up each worker loads the
+``champion`` version of every registered model from the MLflow registry and the latest frozen segment
+file (:mod:`serving.scoring`).
+
+- ``POST /score``: customers with their transactions -> scores, segment and action per customer.
+- ``POST /score_leads``: leads -> probability, 0-100 score, tier and reasons.
+- ``GET /healthz`` (process up, BentoML's own), ``GET /readyz`` (models loaded), ``GET /models``.
+- ``POST /reload``: load the current champions and switch to them; requests under way finish on the
+  models they started with. Other workers notice a reload through a stamp file and switch on their
+  next request.
+
+Bad input: 422 with ``{"error", "problems": [{"path", "value", "reason"}]}``; more than 10,000
+customers: 413; with ``VALUECAST_API_KEY`` set, requests without ``Authorization: Bearer <key>`` or
+``X-API-Key: <key>``: 401. Avoids BentoML's batchable DataFrame input (broken in 1.4.x).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from features.config import PROJECT_ROOT
+from serving.api import (
+    MAX_CUSTOMERS,
+    MAX_LEADS,
+    LeadRequest,
+    ScoreRequest,
+    customer_attributes,
+    lead_problems,
+    problems_of,
+    to_json_records,
+    transaction_problems,
+    transactions_frame,
+)
+from serving.scoring import CUSTOMER_FAMILIES, Champions, NotReadyError, load_champions, score_customers
+from training.common import InputRowsError, request_dataset
+
+log = logging.getLogger("valuecast.serving")
+app = FastAPI(title="valuecast scoring API", version="1")
+RELOAD_STAMP = Path(os.environ.get("VALUECAST_RELOAD_STAMP", PROJECT_ROOT / ".serve" / "reload.stamp"))
+WORKERS = int(os.environ.get("VALUECAST_WORKERS", "2"))
+OUTPUT_COLUMNS = (
+    "customer_id",
+    "churn_probability",
+    "purchase_probability",
+    "p_alive",
+    "expected_orders",
+    "expected_order_value",
+    "clv",
+    "value_at_risk",
+    "value_tier",
+    "risk_band",
+    "potential_band",
+    "segment",
+    "action",
+    "suppressed",
+    "suppression_reason",
+)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, never bad input (that is answered 4xx above): JSON, no traceback, logged in full."""
+    log.exception("unexpected error on %s", request.url.path)
+    return JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+
+
+def error(status: int, message: str, problems: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if problems is not None:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=status)
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"the body is not valid JSON ({exc})") from exc
+
+
+class BadRequestError(ValueError):
+    """Input the API cannot use; answered 422 with the message and the problems."""
+
+    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [{"path": "(body)", "value": None, "reason": message}]
+
+
+def _stamp() -> float:
+    try:
+        return RELOAD_STAMP.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+@bentoml.service(name="valuecast", workers=WORKERS, traffic={"timeout": 120})
+@bentoml.asgi_app(app, path="/")
+class ValueService:
+    """Holds the loaded champions; a reload swaps the whole set at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.champions = Champions()
+        self.loaded_stamp = _stamp()
+        self.api_key = os.environ.get("VALUECAST_API_KEY") or None
+        self._load()
+
+    def _load(self) -> Champions:
+        try:
+            champions = load_champions()
+        except Exception as exc:  # a broken store must not kill the process: readyz says why
+            log.exception("loading the champion models failed")
+            champions = Champions(problems={"registry": f"{type(exc).__name__}: {exc}"})
+        self.champions = champions  # one assignment: requests see the old set or the new one
+        return champions
+
+    def __is_ready__(self) -> bool:
+        return self.champions.ready_for_customers
+
+    def _current(self) -> Champions:
+        """The loaded set; when another worker reloaded (stamp newer), reload here first."""
+        stamp = _stamp()
+        if stamp > self.loaded_stamp:
+            with self._lock:
+                if stamp > self.loaded_stamp:
+                    self._load()
+                    self.loaded_stamp = stamp
+        return self.champions
+
+    def _unauthorized(self, request: Request) -> JSONResponse | None:
+        if self.api_key is None:
+            return None
+        given = request.headers.get("x-api-key") or ""
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = given or bearer[7:].strip()
+        if given and hmac.compare_digest(given.encode(), self.api_key.encode()):
+            return None
+        return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+
+    @app.get("/models")
+    def models(self, request: Request) -> JSONResponse:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        champions = self._current()
+        return JSONResponse(
+            {
+                "models": [served.describe() for served in champions.models.values()],
+                "problems": champions.problems,
+                "segment_version": champions.frozen.version if champions.frozen else None,
+                "segment_file": champions.segment_file,
+                "loaded_at": pd.Timestamp(champions.loaded_at, unit="s", tz="UTC").isoformat(),
+            }
+        )
+
+    @app.post("/reload")
+    def reload(self, request: Request) -> JSONResponse:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        with self._lock:
+            champions = self._load()
+            RELOAD_STAMP.parent.mkdir(parents=True, exist_ok=True)
+            RELOAD_STAMP.touch()
+            self.loaded_stamp = _stamp()
+        return JSONResponse(
+            {"reloaded": True, "versions": champions.versions(), "problems": champions.problems},
+            status_code=200 if champions.ready_for_customers else 503,
+        )
+
+    async def _handle(
+        self, request: Request, shape: type[BaseModel], items: str, limit: int, work: Callable[[Any], JSONResponse]
+    ) -> JSONResponse:
+        """Auth, JSON, size limit (413) and validation (422) in that order; the scoring runs in a thread."""
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await read_json(request)
+            sent = body.get(items) if isinstance(body, dict) else None
+            if isinstance(sent, list) and len(sent) > limit:
+                return error(413, f"{len(sent):,} {items} in one request; send at most {limit:,}")
+            try:
+                parsed = shape.model_validate(body)
+            except ValidationError as exc:
+                raise BadRequestError("the request has invalid fields", problems_of(exc)) from exc
+            return await run_in_threadpool(work, parsed)
+        except BadRequestError as exc:
+            return error(422, str(exc), exc.problems)
+
+    @app.post("/score")
+    async def score(self, request: Request) -> JSONResponse:
+        return await self._handle(request, ScoreRequest, "customers", MAX_CUSTOMERS, self._score)
+
+    def _score(self, parsed: ScoreRequest) -> JSONResponse:
+        champions = self._current()
+        try:
+            champions.require(CUSTOMER_FAMILIES)
+            if champions.frozen is None:
+                raise NotReadyError(champions.problems.get("segments", "no frozen segment file"))
+        except NotReadyError as exc:
+            return error(503, f"not ready: {exc}")
+        as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+        config = champions.models["clv"].model.dataset_config
+        try:
+            dataset = request_dataset(config, transactions_frame(parsed))
+        except InputRowsError as exc:
+            raise BadRequestError(
+                "some transactions cannot be used", transaction_problems(parsed, exc.problems)
+            ) from exc
+        ids = [str(c.customer_id) for c in parsed.customers]
+        scored = score_customers(champions, dataset, as_of, ids, attributes=customer_attributes(parsed))
+        categories = [c for c in scored.columns if c.startswith("purchase_probability_")]
+        records = to_json_records(scored[[c for c in OUTPUT_COLUMNS if c in scored.columns]])
+        by_category = scored[categories].rename(columns=lambda c: c.removeprefix("purchase_probability_"))
+        for record, per_category in zip(records, to_json_records(by_category), strict=True):
+            record["purchase_probability_by_category"] = per_category
+        return JSONResponse(
+            {
+                "as_of": as_of.strftime("%Y-%m-%d"),
+                "customers": records,
+                "models": champions.versions(),
+                "segment_version": champions.frozen.version if champions.frozen else None,
+            }
+        )
+
+    @app.post("/score_leads")
+    async def score_leads(self, request: Request) -> JSONResponse:
+        return await self._handle(request, LeadRequest, "leads", MAX_LEADS, self._score_leads)
+
+    def _score_leads(self, parsed: LeadRequest) -> JSONResponse:
+        champions = self._current()
+        served = champions.models.get("lead_score")
+        if served is None:
+            return error(503, f"not ready: {champions.problems.get('lead_score', 'no lead score model loaded')}")
+        model = served.model
+        id_column = model.dataset_config.leads.columns["lead_id"]
+        raw = pd.DataFrame(
+            [
+                {id_column: str(lead["lead_id"]), **{k: v for k, v in lead.items() if k != "lead_id"}}
+                for lead in parsed.leads
+            ]
+        )
+        raw = raw.astype({c: "object" for c in raw.columns})
+        for column in raw.columns:  # the model reads values as a file holds them: text
+            raw[column] = raw[column].map(lambda v: None if v is None or v is pd.NA or v != v else str(v))
+        try:
+            scored = model.predict(None, raw)
+        except InputRowsError as exc:
+            raise BadRequestError("some leads cannot be used", lead_problems(parsed, id_column, exc.problems)) from exc
+        records = to_json_records(scored)
+        for record in records:
+            record["reasons_up"] = [r for r in str(record.pop("reasons_up") or "").split("; ") if r]
+            record["reasons_down"] = [r for r in str(record.pop("reasons_down") or "").split("; ") if r]
+        return JSONResponse({"leads": records, "model_version": served.version})

@@ -1,0 +1,357 @@
+"""The scoring API: the real BentoML service on a free port, real models in a real MLflow store."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from features.config import PROJECT_ROOT
+from features.io import Dataset, read_raw_table, table_path
+
+from .conftest import load_real
+
+KEY = "test-key-123"
+AS_OF = "1998-07-01"
+AUTH = {"X-API-Key": KEY}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A fresh MLflow store with champions trained on the CDNOW sample and X Education, and a frozen
+    segment file; the variables are set for this process too (in-process scoring reads the same store)."""
+    folder = tmp_path_factory.mktemp("serving")
+    values = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
+        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
+        "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        from serving.scoring import load_champions, model_scores
+        from serving.segments import freeze, load_rules, write_frozen
+        from training.run import train_and_log
+
+        for family in ("churn", "propensity", "clv"):
+            train_and_log(family, "cdnow_sample", echo=lambda _: None)
+        train_and_log("lead_score", "x_education", echo=lambda _: None)
+        champions = load_champions()
+        scores, facts = model_scores(champions, load_real("cdnow_sample"), AS_OF)
+        write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"))
+        yield values
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    process = subprocess.Popen(
+        [bentoml, "serve", "serving.service:ValueService", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env, "VALUECAST_API_KEY": KEY, "VALUECAST_WORKERS": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service exited: {process.stdout.read().decode() if process.stdout else ''}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the service did not become ready within 120 s")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def request_for(dataset: Dataset, ids: list[str]) -> dict[str, object]:
+    assert dataset.transactions is not None
+    tx = dataset.transactions.frame
+    tx = tx.loc[tx["customer_id"].astype(str).isin(ids)]
+    customers = []
+    for customer_id in ids:
+        rows = tx.loc[tx["customer_id"].astype(str) == customer_id]
+        customers.append(
+            {
+                "customer_id": customer_id,
+                "transactions": [
+                    {"timestamp": t.isoformat(), "amount": float(a)}
+                    for t, a in zip(rows["timestamp"], rows["amount"], strict=True)
+                ],
+            }
+        )
+    return {"as_of": AS_OF, "customers": customers}
+
+
+def test_health_ready_and_models(server: str) -> None:
+    assert httpx.get(f"{server}/healthz").status_code == 200
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    denied = httpx.get(f"{server}/models")
+    assert denied.status_code == 401 and "API key" in denied.json()["error"]
+    models = httpx.get(f"{server}/models", headers=AUTH).json()
+    by_family = {m["family"]: m for m in models["models"]}
+    assert set(by_family) == {"churn", "propensity", "clv", "lead_score"}
+    assert by_family["clv"]["dataset"] == "cdnow_sample" and "gini_normalized" in by_family["clv"]["metrics"]
+    assert by_family["lead_score"]["metrics"]["roc_auc"] > 0.85
+    assert len(by_family["churn"]["run_id"]) == 32 and by_family["churn"]["trained_at"].startswith("20")
+    assert models["segment_version"]
+
+
+def test_api_and_batch_scoring_agree(server: str, env: dict[str, str]) -> None:
+    from serving.scoring import load_champions, score_customers
+
+    dataset = load_real("cdnow_sample")
+    assert dataset.transactions is not None
+    ids = list(pd.unique(dataset.transactions.frame["customer_id"].astype(str)))[::47][:50]
+    answer = httpx.post(f"{server}/score", json=request_for(dataset, ids), headers=AUTH, timeout=60)
+    assert answer.status_code == 200, answer.text
+    api = pd.DataFrame(answer.json()["customers"]).set_index("customer_id")
+    batch = score_customers(load_champions(), dataset, AS_OF, ids).set_index("customer_id")
+    for column in ("churn_probability", "purchase_probability", "p_alive", "expected_orders", "clv", "value_at_risk"):
+        np.testing.assert_allclose(
+            api[column].to_numpy(float), batch.loc[api.index, column].to_numpy(float), rtol=0, atol=1e-9
+        )
+    for column in ("value_tier", "segment", "action", "suppressed", "risk_band", "potential_band"):
+        assert api[column].tolist() == batch.loc[api.index, column].tolist(), column
+    assert answer.json()["models"] == {"churn": "1", "propensity": "1", "clv": "1", "lead_score": "1"}
+    assert len(set(api["segment"])) >= 2
+
+
+def test_new_customers_unknown_categories_and_suppression(server: str) -> None:
+    body = {
+        "as_of": AS_OF,
+        "customers": [
+            {"customer_id": "brand-new", "transactions": []},
+            {
+                "customer_id": "odd-category",
+                "transactions": [{"timestamp": "1998-01-05T10:00:00", "amount": 30, "category": "never seen"}],
+            },
+            {"customer_id": "opted", "attributes": {"opted_out": True}},
+            {
+                "customer_id": "refunder",
+                "transactions": [
+                    {"timestamp": "1998-05-01", "amount": 40},
+                    {"timestamp": "1998-06-20", "amount": -40},
+                ],
+            },
+        ],
+    }
+    answer = httpx.post(f"{server}/score", json=body, headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    rows = {c["customer_id"]: c for c in answer.json()["customers"]}
+    assert 0 <= rows["brand-new"]["churn_probability"] <= 1 and rows["brand-new"]["clv"] >= 0
+    assert rows["odd-category"]["clv"] > 0
+    assert rows["opted"]["suppressed"] and rows["opted"]["suppression_reason"] == "opted out"
+    assert rows["opted"]["action"] == "no marketing action" and rows["opted"]["clv"] is not None
+    assert rows["refunder"]["suppression_reason"] == "refund in the last 30 days"
+    assert not rows["brand-new"]["suppressed"]
+
+
+@pytest.mark.parametrize(
+    ("body", "paths"),
+    [
+        ({"customers": [{"customer_id": "", "transactions": []}]}, ["customers[0].customer_id"]),
+        (
+            {
+                "as_of": "1998-13-01",
+                "customers": [{"customer_id": "a", "transactions": [{"timestamp": "x", "amount": "ten"}]}],
+            },
+            ["as_of", "customers[0].transactions[0].timestamp", "customers[0].transactions[0].amount"],
+        ),
+        ({"customers": "everyone"}, ["customers"]),
+        ({"customers": []}, ["customers"]),
+        ({"customers": [{"customer_id": "a"}, {"customer_id": "a"}]}, ["customers"]),
+        (
+            {"customers": [{"customer_id": "a", "transactions": [{"timestamp": "1998-01-01"}]}]},
+            ["customers[0].transactions[0].amount"],
+        ),
+        ({"customers": [{"customer_id": "a", "colour": "red"}]}, ["customers[0].colour"]),
+        ([1, 2, 3], ["(body)"]),
+    ],
+)
+def test_bad_input_is_422_naming_each_field(server: str, body: object, paths: list[str]) -> None:
+    answer = httpx.post(f"{server}/score", json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    found = [p["path"] for p in answer.json()["problems"]]
+    assert found == paths
+    assert all(p["reason"] for p in answer.json()["problems"])
+
+
+def test_non_json_and_non_finite_amounts_are_422(server: str) -> None:
+    garbage = httpx.post(f"{server}/score", content=b"{not json", headers=AUTH)
+    assert garbage.status_code == 422 and "not valid JSON" in garbage.json()["error"]
+    nan = '{"customers": [{"customer_id": "a", "transactions": [{"timestamp": "1998-01-01", "amount": NaN}]}]}'
+    answer = httpx.post(f"{server}/score", content=nan.encode(), headers=AUTH)
+    assert answer.status_code == 422
+    assert answer.json()["problems"][0]["path"] == "customers[0].transactions[0].amount"
+
+
+def test_too_many_customers_is_413(server: str) -> None:
+    body = {"customers": [{"customer_id": str(i)} for i in range(10_001)]}
+    answer = httpx.post(f"{server}/score", json=body, headers=AUTH, timeout=30)
+    assert answer.status_code == 413 and "at most 10,000" in answer.json()["error"]
+
+
+def test_requests_without_the_key_get_401(server: str) -> None:
+    body = {"customers": [{"customer_id": "a"}]}
+    assert httpx.post(f"{server}/score", json=body).status_code == 401
+    assert httpx.post(f"{server}/score", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert httpx.post(f"{server}/score", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert httpx.post(f"{server}/score_leads", json={"leads": [{"lead_id": "x"}]}).status_code == 401
+    assert httpx.post(f"{server}/reload").status_code == 401
+
+
+def _raw_leads(rows: int = 5) -> pd.DataFrame:
+    dataset = load_real("x_education")
+    table = dataset.config.leads
+    assert table is not None
+    return read_raw_table(table_path(dataset.config, table), table).drop(columns=["_row"]).head(rows)
+
+
+def test_lead_scores_match_the_logged_model(server: str, env: dict[str, str]) -> None:
+    import mlflow
+
+    raw = _raw_leads()
+    leads = [
+        {"lead_id": row.pop("Prospect ID"), **{k: v for k, v in row.items() if isinstance(v, str)}}
+        for row in raw.to_dict(orient="records")
+    ]
+    answer = httpx.post(f"{server}/score_leads", json={"leads": leads}, headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    scored = answer.json()["leads"]
+    model = mlflow.pyfunc.load_model("models:/valuecast-lead-score@champion").unwrap_python_model()
+    expected = model.predict(None, raw.drop(columns=["Converted"]))
+    np.testing.assert_allclose([s["probability"] for s in scored], expected["probability"], rtol=0, atol=1e-12)
+    assert [s["tier"] for s in scored] == expected["tier"].tolist()
+    assert all(0 <= s["score"] <= 100 and len(s["reasons_up"]) <= 3 and len(s["reasons_down"]) <= 3 for s in scored)
+
+
+def test_bad_lead_values_are_422_and_unknown_levels_are_scored(server: str) -> None:
+    bad = {"leads": [{"lead_id": "L1", "Do Not Email": "Maybe"}]}
+    answer = httpx.post(f"{server}/score_leads", json=bad, headers=AUTH)
+    assert answer.status_code == 422
+    problem = answer.json()["problems"][0]
+    assert problem["path"] == "leads[0].Do Not Email" and problem["value"] == "Maybe"
+    assert "not one of ['No', 'Yes']" in problem["reason"]
+    odd = {"leads": [{"lead_id": "L2", "Lead Origin": "a brand new origin", "TotalVisits": 3, "colour": "red"}]}
+    fine = httpx.post(f"{server}/score_leads", json=odd, headers=AUTH)
+    assert fine.status_code == 200 and 0 <= fine.json()["leads"][0]["probability"] <= 1
+    missing_id = httpx.post(f"{server}/score_leads", json={"leads": [{"Lead Origin": "API"}]}, headers=AUTH)
+    assert missing_id.status_code == 422 and missing_id.json()["problems"][0]["path"] == "leads"
+
+
+def test_reload_switches_to_a_new_champion_without_dropping_requests(server: str, env: dict[str, str]) -> None:
+    import mlflow
+
+    from training.run import train_and_log
+
+    second = train_and_log("lead_score", "x_education", echo=lambda _: None)
+    assert second.promotion.alias == "challenger"
+    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
+        "valuecast-lead-score", "champion", second.promotion.version
+    )
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def keep_scoring() -> None:
+        while not stop.is_set():
+            statuses.append(
+                httpx.post(
+                    f"{server}/score_leads", json={"leads": [{"lead_id": "x"}]}, headers=AUTH, timeout=30
+                ).status_code
+            )
+
+    threads = [threading.Thread(target=keep_scoring) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        reloaded = httpx.post(f"{server}/reload", headers=AUTH, timeout=60)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["versions"]["lead_score"] == second.promotion.version
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses and set(statuses) == {200}
+    # every worker switches (the stamp file tells the ones that did not get the reload request)
+    seen = {
+        next(
+            m["version"]
+            for m in httpx.get(f"{server}/models", headers=AUTH).json()["models"]
+            if m["family"] == "lead_score"
+        )
+        for _ in range(8)
+    }
+    assert seen == {second.promotion.version}
+    answer = httpx.post(f"{server}/score_leads", json={"leads": [{"lead_id": "x"}]}, headers=AUTH)
+    assert answer.json()["model_version"] == second.promotion.version
+
+
+def test_bentofile_pins_match_the_installed_packages() -> None:
+    spec = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())
+    for pin in spec["python"]["packages"]:
+        name, version = pin.split("==")
+        assert importlib.metadata.version(name) == version, pin
+
+
+@pytest.mark.slow
+def test_bentoml_build_succeeds(tmp_path: Path) -> None:
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    done = subprocess.run(
+        [bentoml, "build", "--output", "tag"],
+        cwd=PROJECT_ROOT,
+        # bentoml build runs uv: the one make setup installed in .tools/bin
+        env={
+            **os.environ,
+            "BENTOML_HOME": str(tmp_path / "bentoml"),
+            "PATH": f"{PROJECT_ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "valuecast:" in done.stdout
+    built = list((tmp_path / "bentoml" / "bentos" / "valuecast").glob("*/bento.yaml"))
+    assert built and "serving.service:ValueService" in built[0].read_text()
