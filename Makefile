@@ -107,7 +107,7 @@ segments: setup ## Score DATA with the champions and freeze the segment tier cut
 
 .PHONY: serve
 serve: setup ## Start the scoring API (BentoML) on HOST:PORT (default 127.0.0.1:3000) with the champion models
-	$(BIN)/bentoml serve serving.service:ValueService --host $(HOST) --port $(PORT)
+	OMP_NUM_THREADS=1 $(BIN)/bentoml serve serving.service:ValueService --host $(HOST) --port $(PORT)
 
 .PHONY: reload
 reload: ## Tell the running API to switch to the current champions (POST /reload)
@@ -122,7 +122,7 @@ model-quality: setup ## Train every family on the bundled datasets; regenerate d
 	$(VALUECAST) model-quality
 
 .PHONY: bench
-bench: bench-features bench-clv bench-train ## Run every benchmark and print its figures
+bench: bench-features bench-clv bench-train bench-serve ## Run every benchmark and print its figures
 
 .PHONY: bench-features
 bench-features: setup ## Features for 10M synthetic transactions of 1M customers from Parquet: time, memory, vs lifetimes
@@ -135,6 +135,10 @@ bench-clv: setup ## BG/NBD + Gamma-Gamma fit on 1M synthetic customers: time and
 .PHONY: bench-train
 bench-train: setup ## make train MODEL=all DATA=cdnow against a temporary MLflow store: wall time and memory
 	$(BIN)/python -m benchmarks.bench_train --data cdnow
+
+.PHONY: bench-serve
+bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow models serve; a 1,000-customer request
+	$(BIN)/python -m benchmarks.bench_serve --clients 16 --duration 20
 
 .PHONY: clean
 clean: ## Remove outputs and caches (keeps .venv and the MLflow store)

@@ -155,8 +155,8 @@ def _features_for_everyone(model: CustomerModel, dataset: Dataset, ids: pd.Index
         frame.loc[new, numeric] = frame.loc[new, numeric].fillna(0.0)
         frame["as_of"] = as_of
     frame = frame.reset_index()
-    for column in frame.columns:
-        if column not in ("customer_id", "as_of"):
+    for column in frame.columns:  # reindexing can leave object columns; the models read floats
+        if column not in ("customer_id", "as_of") and not pd.api.types.is_float_dtype(frame[column].dtype):
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return model.add_btyd(frame)
 

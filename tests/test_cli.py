@@ -116,6 +116,7 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    monkeypatch.setenv("VALUECAST_SEGMENTS_DIR", str(tmp_path / "segments"))
     return uri
 
 
@@ -130,6 +131,8 @@ def test_demo_builds_every_bundled_dataset_and_registers_the_models(tmp_path: Pa
     client = mlflow.MlflowClient(mlflow_store)
     for name in ("valuecast-churn", "valuecast-propensity", "valuecast-clv", "valuecast-lead-score"):
         assert client.get_model_version_by_alias(name, "champion").version is not None, name
+    assert len(list((tmp_path / "segments").glob("segments-*.json"))) == 1
+    assert re.search(r"tier A: \d+\.\d% of customers hold 5\d\.\d% of predicted value", result.output)
 
 
 def test_train_prints_runs_metrics_baselines_and_the_promotion(mlflow_store: str) -> None:

@@ -192,3 +192,18 @@ def btyd_features(summary: pd.DataFrame, horizon_days: int, penalizers: Sequence
         {"btyd_expected_orders": predicted["expected_orders"], "btyd_p_alive": predicted["p_alive"]},
         index=summary.index,
     )
+
+
+def expected_orders_curve(
+    model: BTYDModel, summary: pd.DataFrame, days: Sequence[float], *, period_days: float = 7.0
+) -> np.ndarray:
+    """Expected orders up to each of ``days`` (columns) for each customer (rows), in one call."""
+    frequency = summary["frequency_days"].to_numpy(dtype=float)
+    recency = summary["recency_days"].to_numpy(dtype=float) / period_days
+    T = summary["T_days"].to_numpy(dtype=float) / period_days
+    k = len(days)
+    t = np.tile(np.asarray(days, dtype=float) / period_days, len(frequency))
+    values = model.bgnbd.conditional_expected_number_of_purchases_up_to_time(  # type: ignore[attr-defined]
+        t, np.repeat(frequency, k), np.repeat(recency, k), np.repeat(T, k)
+    )
+    return np.asarray(values, dtype=float).reshape(len(frequency), k)

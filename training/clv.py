@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.config import TRANSACTION_REQUIRED
 from features.io import Dataset
-from training.btyd import BTYDModel, fit_btyd, predict_btyd
+from training.btyd import BTYDModel, expected_orders_curve, fit_btyd, predict_btyd
 from training.common import CustomerModel, Trained, contract_example, feature_columns, matrix, params_for_logging
 from training.config import ModelConfig
 from training.customers import TimeSplit, time_split
@@ -52,13 +53,17 @@ def value_features(frame: pd.DataFrame, btyd: BTYDModel | None, horizon_days: in
     return frame.assign(**extra)
 
 
-def discount_factor(btyd: BTYDModel, frame: pd.DataFrame, horizon_days: int, rate_monthly: float) -> np.ndarray:
-    """Per customer: discounted / undiscounted expected orders over the horizon, purchases spread over
-    the months as the customer's BG/NBD curve expects them (month m discounted by (1 + rate)^m)."""
+def month_ends(horizon_days: int) -> np.ndarray:
     months = int(np.ceil(horizon_days / DAYS_PER_MONTH))
-    ends = np.minimum(np.arange(1, months + 1) * DAYS_PER_MONTH, horizon_days)
-    curve = np.column_stack([predict_btyd(btyd, frame, float(end))["expected_orders"].to_numpy() for end in ends])  # type: ignore[arg-type]
-    per_month = np.diff(np.column_stack([np.zeros(len(frame)), curve]), axis=1)
+    return np.minimum(np.arange(1, months + 1) * DAYS_PER_MONTH, horizon_days)
+
+
+def discount_factor(curve: np.ndarray, rate_monthly: float) -> np.ndarray:
+    """Per customer: discounted / undiscounted expected orders over the horizon, given the expected
+    orders up to each month end (``curve``, customers x months): purchases spread over the months as
+    the customer's BG/NBD curve expects them, month m discounted by (1 + rate)^m."""
+    months = curve.shape[1]
+    per_month = np.diff(np.column_stack([np.zeros(len(curve)), curve]), axis=1)
     discounted = per_month @ (1.0 + rate_monthly) ** -np.arange(1, months + 1)
     total = curve[:, -1]
     return np.where(total > 0, discounted / np.where(total > 0, total, 1.0), 1.0)
@@ -86,24 +91,33 @@ class CLVModel(CustomerModel):
         self.discount_rate_monthly = config.discount_rate_monthly
 
     def expected_spend(self, features: pd.DataFrame, method: str | None = None) -> np.ndarray:
+        return self._predict(features, method)[0]
+
+    def _predict(
+        self, features: pd.DataFrame, method: str | None = None
+    ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+        """Expected spend over the horizon, the BG/NBD + GG outputs, and the expected-orders curve
+        at each month end (the last column is the horizon)."""
         method = method or self.method
         predicted = predict_btyd(self.value_btyd, features, self.horizon_days)
+        ends = month_ends(self.horizon_days)
+        days = [*ends, float(self.train_horizon_days)]
+        both = expected_orders_curve(self.value_btyd, features, days)
+        curve, short = both[:, :-1], both[:, -1]
+        long = predicted["expected_orders"].to_numpy()
         if method == "bgnbd_gamma_gamma":
-            return np.asarray(predicted["expected_orders"] * predicted["expected_order_value"], dtype=float)
-        inputs = value_features(features, self.value_btyd, self.train_horizon_days)
-        spend = np.maximum(self.regressor.predict(matrix(inputs, self.columns)), 0.0)
-        if self.train_horizon_days != self.horizon_days:
-            short = predict_btyd(self.value_btyd, features, self.train_horizon_days)["expected_orders"].to_numpy()
-            long = predicted["expected_orders"].to_numpy()
-            spend = spend * np.where(
-                short > 0, long / np.where(short > 0, short, 1.0), self.horizon_days / self.train_horizon_days
-            )
-        return np.asarray(spend, dtype=float)
+            spend = long * predicted["expected_order_value"].to_numpy()
+        else:
+            inputs = value_features(features, self.value_btyd, self.train_horizon_days)
+            spend = np.maximum(self.regressor.predict(matrix(inputs, self.columns).to_numpy()), 0.0)
+            if self.train_horizon_days != self.horizon_days:
+                fallback = self.horizon_days / self.train_horizon_days
+                spend = spend * np.where(short > 0, long / np.where(short > 0, short, 1.0), fallback)
+        return np.asarray(spend, dtype=float), predicted, curve
 
     def score_features(self, features: pd.DataFrame) -> pd.DataFrame:
-        predicted = predict_btyd(self.value_btyd, features, self.horizon_days)
-        spend = self.expected_spend(features)
-        factor = discount_factor(self.value_btyd, features, self.horizon_days, self.discount_rate_monthly)
+        spend, predicted, curve = self._predict(features)
+        factor = discount_factor(curve, self.discount_rate_monthly)
         return pd.DataFrame(
             {
                 "customer_id": features["customer_id"].astype(str).to_numpy(),
@@ -184,4 +198,5 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
         tables={"candidates": candidates, "deciles": reports[champion].tables.get("deciles", pd.DataFrame())},
         train_rows=len(train_frame),
         test_rows=len(split.test),
+        required_inputs=list(TRANSACTION_REQUIRED),
     )

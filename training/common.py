@@ -61,6 +61,7 @@ class Trained:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     train_rows: int = 0
     test_rows: int = 0
+    required_inputs: list[str] | None = None  # input columns a caller must send; None: all of them
 
     def best_baseline(self) -> tuple[str, Report]:
         name = max(self.baselines, key=lambda k: self.baselines[k].primary)
@@ -78,7 +79,8 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
 
 def matrix(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The model inputs in a fixed column order, floats, columns a frame lacks as missing."""
-    return frame.reindex(columns=list(columns)).astype("float64").reset_index(drop=True)
+    values = frame.reindex(columns=list(columns)).to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.DataFrame(values, columns=list(columns))
 
 
 def xgb_params(config: ModelConfig) -> dict[str, Any]:

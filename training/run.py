@@ -158,6 +158,7 @@ def log_trained(trained: Trained, dataset: Dataset, config: ModelConfig) -> tupl
             input_example=trained.input_example,
             output_example=trained.output_example,
             params=trained.predict_params,
+            required_inputs=trained.required_inputs,
             pip_requirements=pip_requirements(),
             code_paths=CODE_PATHS,
         )

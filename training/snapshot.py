@@ -78,7 +78,7 @@ class SnapshotClassifier(PythonModel):
         return checked.frame.reset_index(drop=True)
 
     def probability(self, encoded: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.classifier.predict_proba(encoded)[:, 1], dtype=float)
+        return np.asarray(self.classifier.predict_proba(encoded.to_numpy())[:, 1], dtype=float)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         cleaned = self.clean(model_input)
@@ -157,6 +157,7 @@ def train_snapshot(
         tables={"single_column_auc": leakage.rename("roc_auc").rename_axis("column").reset_index()},
         train_rows=len(train_rows),
         test_rows=len(test_rows),
+        required_inputs=[getattr(dataset.config, kind).columns["lead_id" if kind == "leads" else "customer_id"]],
     )
 
 

@@ -148,6 +148,7 @@ def log_model(
     pip_requirements: list[str],
     code_paths: list[str] | None = None,
     params: Mapping[str, Any] | None = None,
+    required_inputs: list[str] | None = None,
 ) -> str:
     """Log a pyfunc model with its signature; returns the model URI.
 
@@ -157,6 +158,14 @@ def log_model(
     from mlflow.models import infer_signature
 
     signature = infer_signature(input_example, output_example, params=dict(params) if params else None)
+    if required_inputs is not None and signature.inputs is not None:
+        # columns outside the required ones may be left out by callers (optional contract columns,
+        # attributes a lead form did not ask): the model treats them as missing
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        inputs = Schema([ColSpec(c.type, c.name, required=c.name in required_inputs) for c in signature.inputs.inputs])
+        signature = ModelSignature(inputs, signature.outputs, signature.params)
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=python_model,

@@ -266,6 +266,32 @@ def _demo_training() -> None:
                 typer.echo(f"  {family} on {data}: skipped, {exc}")
     typer.echo(metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format))
     typer.echo("Browse the runs with: .venv/bin/mlflow ui --backend-store-uri " + tracking.tracking_uri())
+    _demo_segments()
+
+
+def _demo_segments() -> None:
+    """Freeze segment cut-offs on CDNOW with the champions, so that make serve can answer at once."""
+    from features.config import load_dataset_config
+    from features.io import load_dataset
+    from serving.scoring import load_champions, model_scores, score_customers
+    from serving.segments import freeze, load_rules, summary, write_frozen
+
+    as_of = pd.Timestamp("1998-07-01")  # the day after CDNOW's last transaction
+    champions = load_champions()
+    dataset = load_dataset(load_dataset_config("cdnow"), kinds=("transactions",))
+    scores, facts = model_scores(champions, dataset, as_of)
+    frozen = freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow as of 1998-07-01")
+    path = write_frozen(frozen)
+    champions.frozen = frozen
+    figures = summary(score_customers(champions, dataset, as_of))
+    typer.echo(f"\nSegments frozen on CDNOW as of 1998-07-01: {path}")
+    typer.echo(
+        f"  tier A: {figures['tier_a_share_of_customers']:.1%} of customers hold "
+        f"{figures['tier_a_share_of_value']:.1%} of predicted value"
+    )
+    for name, count in figures["segments"].items():
+        typer.echo(f"  {name:<14} {count:>7,} customers")
+    typer.echo("Serve them: make serve (then POST /score, see README)")
 
 
 @app.command()
