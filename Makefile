@@ -27,6 +27,7 @@ HORIZON_DAYS ?= 90
 CUTOFFS ?=
 BENCH_CUSTOMERS ?= 1000000
 MODEL ?= all
+ENGINE ?= local
 RULES ?=
 HOST ?= 127.0.0.1
 PORT ?= 3000
@@ -100,6 +101,11 @@ training-set: setup ## Features + labels at monthly cut-offs, stacked with a 'cu
 .PHONY: train
 train: setup ## Train MODEL (churn|propensity|lead_score|clv|all, default all) on DATA, log to MLflow, promote if better
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: score
+score: setup ## Score every customer of DATA with the champions into OUT/ (scores, segments, report, CRM lists)
+	@test -n "$(OUT)" || { echo "error: set OUT=<folder>, e.g. make score DATA=cdnow OUT=out/scores"; exit 2; }
+	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE)
 
 .PHONY: segments
 segments: setup ## Score DATA with the champions and freeze the segment tier cut-offs (segments/*.json) for API and batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -48,3 +49,39 @@ def write_csv(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+SERVING_AS_OF = "1998-07-01"
+
+
+@pytest.fixture(scope="session")
+def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A fresh MLflow store with champions trained on the CDNOW sample and X Education, and a frozen
+    segment file; the variables are set for this process too (in-process scoring reads the same store)."""
+    folder = tmp_path_factory.mktemp("champions")
+    values = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
+        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
+        "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        from serving.scoring import load_champions, model_scores
+        from serving.segments import freeze, load_rules, write_frozen
+        from training.run import train_and_log
+
+        for family in ("churn", "propensity", "clv"):
+            train_and_log(family, "cdnow_sample", echo=lambda _: None)
+        train_and_log("lead_score", "x_education", echo=lambda _: None)
+        champions = load_champions()
+        scores, facts = model_scores(champions, load_real("cdnow_sample"), SERVING_AS_OF)
+        write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"))
+        yield values
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

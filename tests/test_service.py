@@ -36,46 +36,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A fresh MLflow store with champions trained on the CDNOW sample and X Education, and a frozen
-    segment file; the variables are set for this process too (in-process scoring reads the same store)."""
-    folder = tmp_path_factory.mktemp("serving")
-    values = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
-        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
-        "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        from serving.scoring import load_champions, model_scores
-        from serving.segments import freeze, load_rules, write_frozen
-        from training.run import train_and_log
-
-        for family in ("churn", "propensity", "clv"):
-            train_and_log(family, "cdnow_sample", echo=lambda _: None)
-        train_and_log("lead_score", "x_education", echo=lambda _: None)
-        champions = load_champions()
-        scores, facts = model_scores(champions, load_real("cdnow_sample"), AS_OF)
-        write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"))
-        yield values
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def server(env: dict[str, str]) -> Iterator[str]:
+def server(champion_store: dict[str, str]) -> Iterator[str]:
     port = free_port()
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     process = subprocess.Popen(
         [bentoml, "serve", "serving.service:ValueService", "--host", "127.0.0.1", "--port", str(port)],
         cwd=PROJECT_ROOT,
-        env={**os.environ, **env, "VALUECAST_API_KEY": KEY, "VALUECAST_WORKERS": "2"},
+        env={**os.environ, **champion_store, "VALUECAST_API_KEY": KEY, "VALUECAST_WORKERS": "2"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -136,7 +103,7 @@ def test_health_ready_and_models(server: str) -> None:
     assert models["segment_version"]
 
 
-def test_api_and_batch_scoring_agree(server: str, env: dict[str, str]) -> None:
+def test_api_and_batch_scoring_agree(server: str, champion_store: dict[str, str]) -> None:
     from serving.scoring import load_champions, score_customers
 
     dataset = load_real("cdnow_sample")
@@ -247,7 +214,7 @@ def _raw_leads(rows: int = 5) -> pd.DataFrame:
     return read_raw_table(table_path(dataset.config, table), table).drop(columns=["_row"]).head(rows)
 
 
-def test_lead_scores_match_the_logged_model(server: str, env: dict[str, str]) -> None:
+def test_lead_scores_match_the_logged_model(server: str, champion_store: dict[str, str]) -> None:
     import mlflow
 
     raw = _raw_leads()
@@ -279,14 +246,16 @@ def test_bad_lead_values_are_422_and_unknown_levels_are_scored(server: str) -> N
     assert missing_id.status_code == 422 and missing_id.json()["problems"][0]["path"] == "leads"
 
 
-def test_reload_switches_to_a_new_champion_without_dropping_requests(server: str, env: dict[str, str]) -> None:
+def test_reload_switches_to_a_new_champion_without_dropping_requests(
+    server: str, champion_store: dict[str, str]
+) -> None:
     import mlflow
 
     from training.run import train_and_log
 
     second = train_and_log("lead_score", "x_education", echo=lambda _: None)
     assert second.promotion.alias == "challenger"
-    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
+    mlflow.MlflowClient(champion_store["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
         "valuecast-lead-score", "champion", second.promotion.version
     )
 

@@ -244,3 +244,35 @@ def register_and_promote(
     client.set_tag(run_id, "promotion_champion_value", repr(champion_value))
     client.set_tag(run_id, "registered_version", str(version.version))
     return promotion
+
+
+def log_batch_run(info: Mapping[str, Any], out: Path) -> str:
+    """The batch scoring run in the experiment ``batch-scoring``: as-of date, model versions, summary
+    figures, and the report and summary as artifacts. Returns the run id."""
+    import mlflow
+
+    summary = info["summary"]
+    with run(
+        "batch-scoring", f"score | {info['dataset']} | as of {info['as_of']}", {"dataset": str(info["dataset"])}
+    ) as run_id:
+        log_params(
+            {
+                "as_of": info["as_of"],
+                "dataset": info["dataset"],
+                "segment_version": info["segment_version"],
+                **{f"{family}_version": version for family, version in info["models"].items()},
+            }
+        )
+        metrics = {
+            "customers": summary["customers"],
+            "suppressed": summary["suppressed"],
+            "tier_a_share_of_value": summary["tier_a_share_of_value"],
+            "tier_a_share_of_customers": summary["tier_a_share_of_customers"],
+            **{f"value_tier_{k}": v for k, v in summary["value_by_tier"].items()},
+            **{f"value_at_risk_tier_{k}": v for k, v in summary["value_at_risk_by_tier"].items()},
+            **{f"segment_{k}": v for k, v in summary["segments"].items()},
+        }
+        log_metrics(metrics)
+        mlflow.log_artifact(str(out / "report.html"))
+        mlflow.log_artifact(str(out / "summary.json"))
+    return run_id

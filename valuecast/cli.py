@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import pandas as pd
 import typer
@@ -247,10 +247,10 @@ def demo(
     with user_errors():
         run_demo(out, as_of=parse_date(as_of, "AS_OF"), horizon_days=horizon_days, echo=typer.echo)
     if train_models:
-        _demo_training()
+        _demo_training(out)
 
 
-def _demo_training() -> None:
+def _demo_training(out: Path) -> None:
     _quiet_mlflow()
     from features.io import DatasetMissingError
     from training import tracking
@@ -266,32 +266,28 @@ def _demo_training() -> None:
                 typer.echo(f"  {family} on {data}: skipped, {exc}")
     typer.echo(metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format))
     typer.echo("Browse the runs with: .venv/bin/mlflow ui --backend-store-uri " + tracking.tracking_uri())
-    _demo_segments()
+    _demo_segments(out / "scores")
 
 
-def _demo_segments() -> None:
-    """Freeze segment cut-offs on CDNOW with the champions, so that make serve can answer at once."""
+def _demo_segments(out: Path) -> None:
+    """Freeze segment cut-offs on CDNOW with the champions and batch-score every CDNOW customer, so that
+    make serve can answer at once and the summary table shows the 20/80 check."""
     from features.config import load_dataset_config
     from features.io import load_dataset
-    from serving.scoring import load_champions, model_scores, score_customers
-    from serving.segments import freeze, load_rules, summary, write_frozen
+    from serving.batch import run, summary_table
+    from serving.scoring import load_champions
+    from training import tracking
 
-    as_of = pd.Timestamp("1998-07-01")  # the day after CDNOW's last transaction
-    champions = load_champions()
-    dataset = load_dataset(load_dataset_config("cdnow"), kinds=("transactions",))
-    scores, facts = model_scores(champions, dataset, as_of)
-    frozen = freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow as of 1998-07-01")
-    path = write_frozen(frozen)
-    champions.frozen = frozen
-    figures = summary(score_customers(champions, dataset, as_of))
-    typer.echo(f"\nSegments frozen on CDNOW as of 1998-07-01: {path}")
-    typer.echo(
-        f"  tier A: {figures['tier_a_share_of_customers']:.1%} of customers hold "
-        f"{figures['tier_a_share_of_value']:.1%} of predicted value"
-    )
-    for name, count in figures["segments"].items():
-        typer.echo(f"  {name:<14} {count:>7,} customers")
-    typer.echo("Serve them: make serve (then POST /score, see README)")
+    with user_errors():
+        champions = load_champions()
+        dataset = load_dataset(load_dataset_config("cdnow"), kinds=("transactions",))
+        with step("batch scoring CDNOW as of 1998-07-01 (segment cut-offs frozen on it)"):
+            result = run(champions, dataset, out, as_of=pd.Timestamp("1998-07-01"), refreeze=True)
+            tracking.log_batch_run(result.summary, out)
+    typer.echo(f"\nBatch scores of {len(result.scores):,} CDNOW customers in {out}/ (report.html, lists/); ")
+    typer.echo(f"segment file {result.segment_file}")
+    typer.echo(summary_table(result))
+    typer.echo("Serve the models: make serve (then POST /score, see README)")
 
 
 @app.command()
@@ -364,6 +360,63 @@ def segments(
         path = write_frozen(frozen)
     floors = ", ".join(f"{tier} >= {value:,.2f}" for tier, value in frozen.value_floors.items())
     typer.echo(f"wrote {path}: {frozen.customers:,} customers, CLV floors {floors}")
+
+
+@app.command()
+def score(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Output folder (replaced only when the run succeeds).")],
+    as_of: AsOfOption = None,
+    engine: Annotated[Literal["local", "spark"], typer.Option(help="local (pandas) or spark.")] = "local",
+    refreeze: Annotated[
+        bool, typer.Option(help="Freeze new segment cut-offs on this population instead of the latest file.")
+    ] = False,
+    rules: Annotated[Path | None, typer.Option(help="Segment rules YAML (with --refreeze).")] = None,
+) -> None:
+    """Score every customer with the champion models: scores, segments, report, lists for CRM tools."""
+    _quiet_libraries()
+    _quiet_mlflow()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from serving.batch import run, summary_table
+    from serving.scoring import NotReadyError, load_champions
+    from training import tracking
+
+    if engine == "spark":
+        fail("ENGINE=spark is not built yet (issue [4/5]): use ENGINE=local")
+    cutoff = parse_date(as_of, "AS_OF")
+    with user_errors():
+        dataset = _load(data, None)
+        with step("loading the champion models"):
+            champions = load_champions()
+        columns = [
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+        ]
+        with Progress(*columns, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done, total=total)
+
+            try:
+                result = run(
+                    champions, dataset, out, as_of=cutoff, refreeze=refreeze, rules_path=rules, progress=progress
+                )
+            except NotReadyError as exc:
+                fail(f"{exc}. Train the models first: make train DATA={data}")
+        with step("logging the batch run to MLflow"):
+            run_id = tracking.log_batch_run(result.summary, out)
+    typer.echo(
+        f"\nscored {len(result.scores):,} customers as of {result.as_of:%Y-%m-%d} into {out} (MLflow run {run_id})"
+    )
+    if result.leads is not None:
+        typer.echo(f"scored {len(result.leads):,} leads")
+    typer.echo(summary_table(result))
 
 
 @app.command("model-quality")

@@ -1,0 +1,311 @@
+"""Batch scoring: every customer of a dataset with the champion models, segments, and the files an
+operator pushes into CRM and e-mail tools.
+
+``make score DATA=... OUT=<dir> [AS_OF=...]`` runs :func:`run`: read and check the data, score every
+customer with :func:`serving.scoring.score_customers` (the API's code path), score the leads when the
+dataset has them, and write into a temporary folder beside OUT that replaces OUT only when everything
+is written: a failed or interrupted run leaves the previous output untouched. The same command on the
+same data, models and segment file writes the same files.
+
+Outputs: ``scores.parquet`` and ``scores.csv`` (one row per customer), ``leads.parquet``/``leads.csv``,
+``summary.json``, ``report.html`` (figures inline), ``lists/<segment>.csv`` (customer_id, contact
+fields, segment, action; suppressed customers left out) and ``quarantine.<table>.csv`` for rows that
+could not be used, with their reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from features.io import Dataset
+from features.pipeline import default_as_of
+from serving.scoring import Champions, NotReadyError, model_scores, score_customers
+from serving.segments import freeze, latest_frozen, load_frozen, load_rules, summary, write_frozen
+
+CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
+CHUNK_CUSTOMERS = 200_000
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    as_of: pd.Timestamp
+    scores: pd.DataFrame
+    leads: pd.DataFrame | None
+    summary: dict[str, Any]
+    segment_file: str
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that replaces it only when the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
+    try:
+        yield work
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.rename(target, old / "previous")
+        os.rename(work, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _chunks(ids: list[str], size: int) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+
+
+def _subset(dataset: Dataset, ids: list[str]) -> Dataset:
+    """The dataset restricted to some customers (features are per customer, so scores do not change)."""
+    assert dataset.transactions is not None
+    tx = dataset.transactions.frame
+    keep = tx["customer_id"].astype(str).isin(ids).to_numpy()
+    checked = type(dataset.transactions)(tx.loc[keep], dataset.transactions.quarantine, dataset.transactions.problems)
+    return Dataset(dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads)
+
+
+def customer_table(dataset: Dataset) -> pd.DataFrame | None:
+    """The customers table's latest row per customer (flags, contact fields), indexed by customer_id."""
+    if dataset.customers is None:
+        return None
+    frame = dataset.customers.frame.drop(columns=["_row"], errors="ignore")
+    frame = frame.assign(customer_id=frame["customer_id"].astype(str))
+    return frame.drop_duplicates("customer_id", keep="last").set_index("customer_id")
+
+
+def score_dataset(
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> pd.DataFrame:
+    """Every customer with a transaction before ``as_of`` (and every customer of the customers table)."""
+    assert dataset.transactions is not None
+    tx = dataset.transactions.frame
+    ids = pd.unique(tx.loc[tx["timestamp"] < as_of, "customer_id"].astype(str)).tolist()
+    customers = customer_table(dataset)
+    if customers is not None:
+        ids += [c for c in customers.index if c not in set(ids)]
+    ids = sorted(ids)
+    parts = []
+    chunks = _chunks(ids, CHUNK_CUSTOMERS)
+    for number, chunk in enumerate(chunks, start=1):
+        part = dataset if len(chunks) == 1 else _subset(dataset, chunk)
+        parts.append(score_customers(champions, part, as_of, chunk, attributes=customers))
+        progress(number, len(chunks))
+    return pd.concat(parts, ignore_index=True)
+
+
+def ensure_segments(
+    champions: Champions, dataset: Dataset, as_of: pd.Timestamp, refreeze: bool, rules_path: Path | None
+) -> str:
+    """Use the latest frozen segment file (the API's), or freeze one on this population."""
+    path = None if refreeze else latest_frozen()
+    if path is not None:
+        champions.frozen = load_frozen(path)
+        return str(path)
+    scores, facts = model_scores(champions, dataset, as_of)
+    frozen = freeze(
+        pd.concat([scores, facts], axis=1), load_rules(rules_path), f"{dataset.config.name} as of {as_of:%Y-%m-%d}"
+    )
+    written = write_frozen(frozen)
+    champions.frozen = frozen
+    return str(written)
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def figures(scores: pd.DataFrame) -> dict[str, Figure]:
+    tiers = ["A", "B", "C", "D"]
+    made: dict[str, Figure] = {}
+    by_tier = scores.groupby("value_tier")[["clv", "value_at_risk"]].sum().reindex(tiers, fill_value=0.0)
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(tiers, by_tier["clv"], label="predicted value (CLV)")
+    axes.bar(tiers, by_tier["value_at_risk"], label="value at risk", alpha=0.7)
+    axes.set(xlabel="value tier", ylabel="sum", title="Predicted value and value at risk by tier")
+    axes.legend()
+    made["Value by tier"] = figure
+
+    ordered = np.sort(scores["clv"].to_numpy(dtype=float))[::-1]
+    share = np.cumsum(ordered) / ordered.sum() if ordered.sum() > 0 else np.zeros_like(ordered)
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(np.arange(1, len(ordered) + 1) / max(len(ordered), 1), share)
+    axes.axhline(0.8, color="grey", linestyle="--")
+    axes.axvline(0.2, color="grey", linestyle="--")
+    axes.set(xlabel="share of customers (by predicted value)", ylabel="share of predicted value", title="Pareto curve")
+    made["Pareto curve of predicted value"] = figure
+
+    sizes = scores["segment"].value_counts().sort_index()
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.barh(sizes.index.astype(str), sizes.to_numpy())
+    axes.set(xlabel="customers", title="Segment sizes")
+    made["Segment sizes"] = figure
+
+    sample = scores.sample(n=min(len(scores), 5000), random_state=0) if len(scores) else scores
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    for tier in tiers:
+        part = sample.loc[sample["value_tier"] == tier]
+        axes.scatter(part["clv"], part["churn_probability"], s=4, label=tier, alpha=0.6)
+    axes.set(xscale="symlog", xlabel="predicted value (CLV)", ylabel="churn probability", title="Churn risk vs value")
+    axes.legend(title="tier", markerscale=3)
+    made["Churn risk vs value"] = figure
+    return made
+
+
+def report_html(scores: pd.DataFrame, figures_made: dict[str, Figure], info: dict[str, Any]) -> str:
+    table = pd.DataFrame(
+        {
+            "customers": scores.groupby("segment").size(),
+            "predicted value": scores.groupby("segment")["clv"].sum().round(0),
+            "value at risk": scores.groupby("segment")["value_at_risk"].sum().round(0),
+            "suppressed": scores.groupby("segment")["suppressed"].sum(),
+            "action": scores.groupby("segment")["action"].agg(lambda a: a.mode().iat[0] if len(a) else ""),
+        }
+    )
+    summary_figures = info["summary"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>valuecast: customer value report</title>",
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        f"<h1>Customer value report: {html.escape(info['dataset'])}, as of {info['as_of']}</h1>",
+        f"<p>{summary_figures['customers']:,} customers. Tier A holds "
+        f"{summary_figures['tier_a_share_of_value']:.1%} of predicted value with "
+        f"{summary_figures['tier_a_share_of_customers']:.1%} of the customers. "
+        f"{summary_figures['suppressed']:,} customers are suppressed (no marketing action).</p>",
+        f"<p>Models: {html.escape(json.dumps(info['models']))}; "
+        f"segment file {html.escape(info['segment_version'])}.</p>",
+        "<h2>Segments</h2>",
+        table.to_html(escape=True),
+    ]
+    for title, figure in figures_made.items():
+        parts.append(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def segment_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: Path) -> dict[str, int]:
+    """One CSV per segment for static-list import; suppressed customers are left out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = scores.loc[~scores["suppressed"].astype(bool), ["customer_id", "segment", "action"]]
+    contact_columns = [
+        c for c in (customers.columns if customers is not None else []) if CONTACT_PATTERN.search(str(c))
+    ]
+    if contact_columns and customers is not None:
+        keep = keep.join(customers[contact_columns], on="customer_id")
+        keep = keep[["customer_id", *contact_columns, "segment", "action"]]
+    counts = {}
+    for segment, rows in keep.groupby("segment", sort=True):
+        rows.to_csv(folder / f"{segment}.csv", index=False)
+        counts[str(segment)] = len(rows)
+    return counts
+
+
+def run(
+    champions: Champions,
+    dataset: Dataset,
+    out: Path,
+    *,
+    as_of: pd.Timestamp | None = None,
+    refreeze: bool = False,
+    rules_path: Path | None = None,
+    progress: Callable[[str, int, int], None] = lambda step, done, total: None,
+) -> BatchResult:
+    if dataset.transactions is None:
+        raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
+    as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
+    segment_file = ensure_segments(champions, dataset, as_of, refreeze, rules_path)
+    scores = score_dataset(champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t))
+    leads = None
+    if dataset.leads is not None and "lead_score" in champions.models:
+        model = champions.models["lead_score"].model
+        table = dataset.config.leads
+        assert table is not None
+        from features.io import read_raw_table, table_path
+
+        raw = read_raw_table(table_path(dataset.config, table), table)
+        raw = raw.loc[raw["_row"].isin(dataset.leads.frame["_row"])].drop(columns=["_row"])
+        leads = model.predict(None, raw)
+        leads["model_version"] = champions.models["lead_score"].version
+    figures_summary = summary(scores)
+    assert champions.frozen is not None
+    info: dict[str, Any] = {
+        "dataset": dataset.config.name,
+        "as_of": f"{as_of:%Y-%m-%d}",
+        "models": champions.versions(),
+        "segment_version": champions.frozen.version,
+        "segment_file": Path(segment_file).name,
+        "summary": figures_summary,
+        "leads": None
+        if leads is None
+        else {"leads": len(leads), "tiers": leads["tier"].value_counts().sort_index().to_dict()},
+    }
+    progress("writing", 0, 1)
+    with atomic_folder(out) as work:
+        scores.to_parquet(work / "scores.parquet", index=False)
+        scores.to_csv(work / "scores.csv", index=False)
+        if leads is not None:
+            leads.to_parquet(work / "leads.parquet", index=False)
+            leads.to_csv(work / "leads.csv", index=False)
+        info["lists"] = segment_lists(scores, customer_table(dataset), work / "lists")
+        quarantined: dict[str, int] = {}
+        for kind, checked in dataset.checked_tables():
+            if not checked.quarantine.empty:  # rows that could not be used, with their reason
+                checked.quarantine.to_csv(work / f"quarantine.{kind}.csv", index=False)
+                quarantined[kind] = len(checked.quarantine)
+        info["quarantined"] = quarantined
+        made = figures(scores)
+        (work / "report.html").write_text(report_html(scores, made, info))
+        (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    progress("writing", 1, 1)
+    return BatchResult(out, as_of, scores, leads, info, segment_file)
+
+
+def summary_table(result: BatchResult) -> str:
+    """The table printed at the end: customers per segment; value and value at risk per tier; the 20/80 check."""
+    s = result.summary["summary"]
+    lines = [f"{'segment':<14} {'customers':>10}"]
+    lines += [f"{name:<14} {count:>10,}" for name, count in s["segments"].items()]
+    lines += ["", f"{'tier':<6} {'predicted value':>16} {'value at risk':>14}"]
+    lines += [
+        f"{tier:<6} {s['value_by_tier'][tier]:>16,.0f} {s['value_at_risk_by_tier'][tier]:>14,.0f}"
+        for tier in ("A", "B", "C", "D")
+    ]
+    lines += [
+        "",
+        f"20/80 check: tier A is {s['tier_a_share_of_customers']:.1%} of customers and holds "
+        f"{s['tier_a_share_of_value']:.1%} of predicted value; {s['suppressed']:,} suppressed",
+    ]
+    return "\n".join(lines)
