@@ -96,20 +96,26 @@ def customer_table(dataset: Dataset) -> pd.DataFrame | None:
     return frame.drop_duplicates("customer_id", keep="last").set_index("customer_id")
 
 
+def customer_ids(dataset: Dataset, as_of: pd.Timestamp) -> list[str]:
+    """Every customer with a transaction before ``as_of`` and every customer of the customers table, sorted."""
+    assert dataset.transactions is not None
+    tx = dataset.transactions.frame
+    ids = set(pd.unique(tx.loc[tx["timestamp"] < as_of, "customer_id"].astype(str)).tolist())
+    customers = customer_table(dataset)
+    if customers is not None:
+        ids |= set(customers.index)
+    return sorted(ids)
+
+
 def score_dataset(
     champions: Champions,
     dataset: Dataset,
     as_of: pd.Timestamp,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> pd.DataFrame:
-    """Every customer with a transaction before ``as_of`` (and every customer of the customers table)."""
-    assert dataset.transactions is not None
-    tx = dataset.transactions.frame
-    ids = pd.unique(tx.loc[tx["timestamp"] < as_of, "customer_id"].astype(str)).tolist()
+    """Scores of :func:`customer_ids`, in chunks of customers (features are per customer)."""
+    ids = customer_ids(dataset, as_of)
     customers = customer_table(dataset)
-    if customers is not None:
-        ids += [c for c in customers.index if c not in set(ids)]
-    ids = sorted(ids)
     parts = []
     chunks = _chunks(ids, CHUNK_CUSTOMERS)
     for number, chunk in enumerate(chunks, start=1):
@@ -241,13 +247,23 @@ def run(
     as_of: pd.Timestamp | None = None,
     refreeze: bool = False,
     rules_path: Path | None = None,
+    engine: str = "local",
     progress: Callable[[str, int, int], None] = lambda step, done, total: None,
 ) -> BatchResult:
     if dataset.transactions is None:
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
     segment_file = ensure_segments(champions, dataset, as_of, refreeze, rules_path)
-    scores = score_dataset(champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t))
+    if engine == "spark":
+        from serving import spark_engine
+
+        progress("scoring customers on Spark", 0, 1)
+        scores = spark_engine.score_dataset(
+            champions, dataset, as_of, customer_ids(dataset, as_of), customer_table(dataset)
+        )
+        progress("scoring customers on Spark", 1, 1)
+    else:
+        scores = score_dataset(champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t))
     leads = None
     if dataset.leads is not None and "lead_score" in champions.models:
         model = champions.models["lead_score"].model
@@ -263,6 +279,7 @@ def run(
     assert champions.frozen is not None
     info: dict[str, Any] = {
         "dataset": dataset.config.name,
+        "engine": engine,
         "as_of": f"{as_of:%Y-%m-%d}",
         "models": champions.versions(),
         "segment_version": champions.frozen.version,

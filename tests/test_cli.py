@@ -132,7 +132,9 @@ def test_demo_builds_every_bundled_dataset_and_registers_the_models(tmp_path: Pa
     for name in ("valuecast-churn", "valuecast-propensity", "valuecast-clv", "valuecast-lead-score"):
         assert client.get_model_version_by_alias(name, "champion").version is not None, name
     assert len(list((tmp_path / "segments").glob("segments-*.json"))) == 1
-    assert re.search(r"20/80 check: tier A is \d+\.\d% of customers and holds 5\d\.\d% of predicted value", result.output)
+    assert re.search(
+        r"20/80 check: tier A is \d+\.\d% of customers and holds 5\d\.\d% of predicted value", result.output
+    )
     assert (tmp_path / "scores" / "scores.parquet").exists() and (tmp_path / "scores" / "report.html").exists()
 
 

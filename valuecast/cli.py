@@ -382,8 +382,6 @@ def score(
     from serving.scoring import NotReadyError, load_champions
     from training import tracking
 
-    if engine == "spark":
-        fail("ENGINE=spark is not built yet (issue [4/5]): use ENGINE=local")
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
         dataset = _load(data, None)

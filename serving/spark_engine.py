@@ -1,0 +1,122 @@
+"""ENGINE=spark for batch scoring: the same scoring code, run per group of customers on Apache Spark.
+
+The checked transactions go to Spark with a bucket per customer (a stable hash of the id, so a
+customer's rows stay together); ``cogroup(...).applyInPandas`` hands each bucket's transactions and
+customer ids to :func:`serving.scoring.score_customers`, the function the local engine and the API
+use, with the champion models shipped to the executors by Spark's pickling. Features and models are
+applied in that one per-group pandas function: the features of one customer are computed by the
+feature code from that customer's rows only, so grouping by customer gives the local engine's numbers.
+
+Spark runs ``local[*]`` unless ``SPARK_MASTER`` names a cluster (see the README for spark-submit).
+Needs Java 17.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.io import Dataset
+from features.validate import Checked
+from serving.scoring import Champions, score_customers
+
+SPARK_TYPES = {"float64": "double", "int64": "bigint", "bool": "boolean", "int8": "tinyint"}
+
+
+def session(master: str | None = None) -> Any:
+    """A Spark session whose Python workers run this interpreter (pandas, pyarrow, the models)."""
+    import warnings
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    warnings.filterwarnings("ignore", message=".*does not yet fully support pandas >= 3.*")
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+        .appName("valuecast-score")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "4g"))
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def bucket_of(ids: pd.Series, buckets: int) -> np.ndarray:
+    """A stable bucket per customer id (crc32, the same on every machine and run)."""
+    return np.fromiter((zlib.crc32(i.encode()) % buckets for i in ids.astype(str)), dtype=np.int32, count=len(ids))
+
+
+def _schema(frame: pd.DataFrame) -> str:
+    parts = []
+    for column, dtype in frame.dtypes.items():
+        kind = SPARK_TYPES.get(str(dtype), "string")
+        parts.append(f"`{column}` {kind}")
+    return ", ".join(parts)
+
+
+def score_dataset(
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    ids: list[str],
+    customers: pd.DataFrame | None,
+    *,
+    spark: Any = None,
+    buckets: int | None = None,
+) -> pd.DataFrame:
+    """The local engine's :func:`serving.batch.score_dataset`, on Spark; rows sorted by customer_id."""
+    assert dataset.transactions is not None
+    spark = spark or session()
+    buckets = buckets or max(2, 2 * spark.sparkContext.defaultParallelism)
+    tx = dataset.transactions.frame
+    columns = [c for c in tx.columns if c != "_row"]
+    tx = tx[columns].assign(customer_id=tx["customer_id"].astype(str))
+    for column in tx.columns:
+        if isinstance(tx[column].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(tx[column].dtype):
+            tx[column] = tx[column].astype(object).where(tx[column].notna(), None)
+    tx["bucket"] = bucket_of(tx["customer_id"], buckets)
+    wanted = pd.DataFrame({"customer_id": ids})
+    wanted["bucket"] = bucket_of(wanted["customer_id"], buckets)
+
+    # the output's columns and types, from the same function on one customer
+    probe_ids = ids[:1]
+    probe = score_customers(champions, dataset, as_of, probe_ids, attributes=customers)
+    schema = _schema(probe.astype({c: "string" for c in probe.columns if probe[c].dtype == object}))
+    columns_out = list(probe.columns)
+    config = dataset.config
+    dtypes = dataset.transactions.frame.dtypes
+
+    def score_bucket(rows: pd.DataFrame, who: pd.DataFrame) -> pd.DataFrame:
+        if who.empty:
+            return pd.DataFrame({c: pd.Series([], dtype=probe[c].dtype) for c in columns_out})
+        rows = rows.drop(columns=["bucket"])
+        rows["timestamp"] = pd.to_datetime(rows["timestamp"]).astype("datetime64[ns]")
+        rows["amount"] = rows["amount"].astype("float64")
+        rows["customer_id"] = rows["customer_id"].astype("string")
+        for column in rows.columns:
+            if column in dtypes and pd.api.types.is_float_dtype(dtypes[column]):
+                rows[column] = rows[column].astype("float64")
+        part = Dataset(config, transactions=Checked(rows.reset_index(drop=True), pd.DataFrame()))
+        scored = score_customers(champions, part, as_of, who["customer_id"].astype(str).tolist(), attributes=customers)
+        return scored[columns_out].astype({c: "string" for c in columns_out if probe[c].dtype == object})
+
+    spark_tx = spark.createDataFrame(tx)
+    spark_ids = spark.createDataFrame(wanted)
+    scored = spark_tx.groupBy("bucket").cogroup(spark_ids.groupBy("bucket")).applyInPandas(score_bucket, schema=schema)
+    result = scored.toPandas()
+    for column in columns_out:
+        if probe[column].dtype == object:
+            result[column] = result[column].astype(object).where(result[column].notna(), None)
+        elif str(probe[column].dtype) != str(result[column].dtype):
+            result[column] = result[column].astype(probe[column].dtype)
+    return result.sort_values("customer_id", kind="stable", ignore_index=True)[columns_out]

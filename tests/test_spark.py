@@ -1,0 +1,58 @@
+"""ENGINE=spark: the same numbers as the local engine, on real Spark in local mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from serving import batch, spark_engine
+from serving.scoring import load_champions
+from valuecast.cli import app
+
+from .conftest import SERVING_AS_OF, load_real
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def spark():  # type: ignore[no-untyped-def]
+    session = spark_engine.session("local[2]")
+    yield session
+    session.stop()
+
+
+def test_spark_scores_every_cdnow_customer_like_the_local_engine(champion_store: dict[str, str], spark) -> None:  # type: ignore[no-untyped-def]
+    dataset = load_real("cdnow")
+    as_of = pd.Timestamp(SERVING_AS_OF)
+    champions = load_champions()
+    local = batch.score_dataset(champions, dataset, as_of).sort_values("customer_id", ignore_index=True)
+    distributed = spark_engine.score_dataset(
+        champions, dataset, as_of, batch.customer_ids(dataset, as_of), None, spark=spark, buckets=8
+    )
+    assert len(local) == len(distributed) == 23_570
+    assert list(local.columns) == list(distributed.columns)
+    for column in local.columns:
+        ours, theirs = local[column], distributed[column]
+        if pd.api.types.is_float_dtype(ours.dtype):
+            np.testing.assert_allclose(theirs.to_numpy(float), ours.to_numpy(float), rtol=0, atol=1e-9, err_msg=column)
+        else:
+            assert ours.isna().tolist() == theirs.isna().tolist(), column
+            assert ours[ours.notna()].astype(str).tolist() == theirs[theirs.notna()].astype(str).tolist(), column
+
+
+def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
+    champion_store: dict[str, str],
+    spark,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    runner = CliRunner()
+    for engine in ("local", "spark"):
+        command = ["score", "--data", "cdnow_sample", "--out", str(tmp_path / engine), "--as-of", SERVING_AS_OF]
+        result = runner.invoke(app, [*command, "--engine", engine])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "spark" / "scores.parquet").read_bytes() == (tmp_path / "local" / "scores.parquet").read_bytes()
+    assert (tmp_path / "spark" / "scores.csv").read_text() == (tmp_path / "local" / "scores.csv").read_text()
