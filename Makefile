@@ -128,7 +128,7 @@ model-quality: setup ## Train every family on the bundled datasets; regenerate d
 	$(VALUECAST) model-quality
 
 .PHONY: bench
-bench: bench-features bench-clv bench-train bench-serve ## Run every benchmark and print its figures
+bench: bench-features bench-clv bench-train bench-serve bench-score ## Run every benchmark and print its figures
 
 .PHONY: bench-features
 bench-features: setup ## Features for 10M synthetic transactions of 1M customers from Parquet: time, memory, vs lifetimes
@@ -145,6 +145,10 @@ bench-train: setup ## make train MODEL=all DATA=cdnow against a temporary MLflow
 .PHONY: bench-serve
 bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow models serve; a 1,000-customer request
 	$(BIN)/python -m benchmarks.bench_serve --clients 16 --duration 20
+
+.PHONY: bench-score
+bench-score: setup ## make score on 1M synthetic customers / 10M transactions: local engine, then Spark
+	$(BIN)/python -m benchmarks.bench_score --customers $(BENCH_CUSTOMERS)
 
 .PHONY: clean
 clean: ## Remove outputs and caches (keeps .venv and the MLflow store)

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from features.io import Dataset
 from features.pipeline import default_as_of
-from serving.scoring import Champions, NotReadyError, model_scores, score_customers
+from serving.scoring import Champions, NotReadyError, model_scores, with_segments
 from serving.segments import freeze, latest_frozen, load_frozen, load_rules, summary, write_frozen
 
 CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
@@ -74,6 +74,14 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """CSV through Arrow's writer: ten times pandas' speed on a million rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
 def _chunks(ids: list[str], size: int) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
 
@@ -82,9 +90,17 @@ def _subset(dataset: Dataset, ids: list[str]) -> Dataset:
     """The dataset restricted to some customers (features are per customer, so scores do not change)."""
     assert dataset.transactions is not None
     tx = dataset.transactions.frame
-    keep = tx["customer_id"].astype(str).isin(ids).to_numpy()
+    keep = _rows_of(tx["customer_id"], ids)
     checked = type(dataset.transactions)(tx.loc[keep], dataset.transactions.quarantine, dataset.transactions.problems)
     return Dataset(dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads)
+
+
+def _rows_of(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
+    """Rows whose customer is one of ``ids``; through the category codes when the ids are categorical."""
+    if isinstance(customer_id.dtype, pd.CategoricalDtype):
+        wanted = customer_id.cat.categories.astype(str).get_indexer(pd.Index(ids, dtype=object))
+        return np.isin(customer_id.cat.codes.to_numpy(), wanted[wanted >= 0])
+    return customer_id.astype(str).isin(set(ids)).to_numpy()
 
 
 def customer_table(dataset: Dataset) -> pd.DataFrame | None:
@@ -100,11 +116,38 @@ def customer_ids(dataset: Dataset, as_of: pd.Timestamp) -> list[str]:
     """Every customer with a transaction before ``as_of`` and every customer of the customers table, sorted."""
     assert dataset.transactions is not None
     tx = dataset.transactions.frame
-    ids = set(pd.unique(tx.loc[tx["timestamp"] < as_of, "customer_id"].astype(str)).tolist())
+    before = (tx["timestamp"] < as_of).to_numpy()
+    column = tx["customer_id"]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = np.unique(column.cat.codes.to_numpy()[before])
+        ids = set(column.cat.categories.astype(str)[codes[codes >= 0]].tolist())
+    else:
+        ids = set(pd.unique(column[before].astype(str)).tolist())
     customers = customer_table(dataset)
     if customers is not None:
         ids |= set(customers.index)
     return sorted(ids)
+
+
+def model_scores_of_dataset(
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Model scores and segment facts of :func:`customer_ids`, in chunks of customers (features are
+    per customer, so chunking does not change a number)."""
+    ids = customer_ids(dataset, as_of)
+    customers = customer_table(dataset)
+    scores, facts = [], []
+    chunks = _chunks(ids, CHUNK_CUSTOMERS)
+    for number, chunk in enumerate(chunks, start=1):
+        part = dataset if len(chunks) == 1 else _subset(dataset, chunk)
+        chunk_scores, chunk_facts = model_scores(champions, part, as_of, chunk, attributes=customers)
+        scores.append(chunk_scores)
+        facts.append(chunk_facts)
+        progress(number, len(chunks))
+    return pd.concat(scores, ignore_index=True), pd.concat(facts, ignore_index=True)
 
 
 def score_dataset(
@@ -113,33 +156,27 @@ def score_dataset(
     as_of: pd.Timestamp,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> pd.DataFrame:
-    """Scores of :func:`customer_ids`, in chunks of customers (features are per customer)."""
-    ids = customer_ids(dataset, as_of)
-    customers = customer_table(dataset)
-    parts = []
-    chunks = _chunks(ids, CHUNK_CUSTOMERS)
-    for number, chunk in enumerate(chunks, start=1):
-        part = dataset if len(chunks) == 1 else _subset(dataset, chunk)
-        parts.append(score_customers(champions, part, as_of, chunk, attributes=customers))
-        progress(number, len(chunks))
-    return pd.concat(parts, ignore_index=True)
+    """Every customer's scores and segment (the frozen segment file must be loaded)."""
+    scores, facts = model_scores_of_dataset(champions, dataset, as_of, progress)
+    return with_segments(champions, scores, facts, as_of)
 
 
-def ensure_segments(
-    champions: Champions, dataset: Dataset, as_of: pd.Timestamp, refreeze: bool, rules_path: Path | None
+def load_or_freeze(
+    champions: Champions,
+    scores: pd.DataFrame,
+    facts: pd.DataFrame,
+    population: str,
+    refreeze: bool,
+    rules_path: Path | None,
 ) -> str:
-    """Use the latest frozen segment file (the API's), or freeze one on this population."""
+    """Use the latest frozen segment file (the API's), or freeze one on this scored population."""
     path = None if refreeze else latest_frozen()
     if path is not None:
         champions.frozen = load_frozen(path)
         return str(path)
-    scores, facts = model_scores(champions, dataset, as_of)
-    frozen = freeze(
-        pd.concat([scores, facts], axis=1), load_rules(rules_path), f"{dataset.config.name} as of {as_of:%Y-%m-%d}"
-    )
-    written = write_frozen(frozen)
+    frozen = freeze(pd.concat([scores, facts], axis=1), load_rules(rules_path), population)
     champions.frozen = frozen
-    return str(written)
+    return str(write_frozen(frozen))
 
 
 def _png(figure: Figure) -> str:
@@ -234,7 +271,7 @@ def segment_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: 
         keep = keep[["customer_id", *contact_columns, "segment", "action"]]
     counts = {}
     for segment, rows in keep.groupby("segment", sort=True):
-        rows.to_csv(folder / f"{segment}.csv", index=False)
+        write_csv(rows, folder / f"{segment}.csv")
         counts[str(segment)] = len(rows)
     return counts
 
@@ -253,17 +290,26 @@ def run(
     if dataset.transactions is None:
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
-    segment_file = ensure_segments(champions, dataset, as_of, refreeze, rules_path)
+    population = f"{dataset.config.name} as of {as_of:%Y-%m-%d}"
     if engine == "spark":
         from serving import spark_engine
 
+        if refreeze or latest_frozen() is None:  # cut-offs need the whole population: one local pass
+            raw, facts = model_scores_of_dataset(champions, dataset, as_of)
+            segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
+        else:
+            segment_file = load_or_freeze(champions, pd.DataFrame(), pd.DataFrame(), population, False, rules_path)
         progress("scoring customers on Spark", 0, 1)
         scores = spark_engine.score_dataset(
             champions, dataset, as_of, customer_ids(dataset, as_of), customer_table(dataset)
         )
         progress("scoring customers on Spark", 1, 1)
     else:
-        scores = score_dataset(champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t))
+        raw, facts = model_scores_of_dataset(
+            champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t)
+        )
+        segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
+        scores = with_segments(champions, raw, facts, as_of)
     leads = None
     if dataset.leads is not None and "lead_score" in champions.models:
         model = champions.models["lead_score"].model
@@ -292,10 +338,10 @@ def run(
     progress("writing", 0, 1)
     with atomic_folder(out) as work:
         scores.to_parquet(work / "scores.parquet", index=False)
-        scores.to_csv(work / "scores.csv", index=False)
+        write_csv(scores, work / "scores.csv")
         if leads is not None:
             leads.to_parquet(work / "leads.parquet", index=False)
-            leads.to_csv(work / "leads.csv", index=False)
+            write_csv(leads, work / "leads.csv")
         info["lists"] = segment_lists(scores, customer_table(dataset), work / "lists")
         quarantined: dict[str, int] = {}
         for kind, checked in dataset.checked_tables():

@@ -149,7 +149,7 @@ def _features_for_everyone(model: CustomerModel, dataset: Dataset, ids: pd.Index
         )
     built = built.assign(customer_id=built["customer_id"].astype(str)).set_index("customer_id")
     frame = built.reindex(ids)
-    new = ~ids.isin(built.index)
+    new = built.index.get_indexer(ids) < 0  # hash lookup: isin on Arrow strings walks them in Python
     if new.any():
         numeric = [c for c in frame.columns if c not in UNKNOWN_FOR_NEW and not c.startswith("attr_") and c != "as_of"]
         frame.loc[new, numeric] = frame.loc[new, numeric].fillna(0.0)
@@ -182,8 +182,17 @@ def score_customers(
     """
     if champions.frozen is None:
         raise NotReadyError(champions.problems.get("segments", "no frozen segment file loaded"))
-    frozen = champions.frozen
     scores, facts = model_scores(champions, dataset, as_of, customer_ids, attributes)
+    return with_segments(champions, scores, facts, as_of)
+
+
+def with_segments(
+    champions: Champions, scores: pd.DataFrame, facts: pd.DataFrame, as_of: pd.Timestamp | str
+) -> pd.DataFrame:
+    """Model scores plus the segment columns, the as-of date and the versions used: the output row."""
+    frozen = champions.frozen
+    if frozen is None:
+        raise NotReadyError(champions.problems.get("segments", "no frozen segment file loaded"))
     segments = assign(pd.concat([scores, facts], axis=1), frozen)
     result = pd.concat([scores, segments], axis=1)
     result["as_of"] = pd.Timestamp(as_of).strftime("%Y-%m-%d")

@@ -148,8 +148,3 @@ def test_unusable_data_is_a_clear_error_and_writes_nothing(champion_store: dict[
     assert result.exit_code == 2
     assert "the config maps column 'timestamp', which the file does not have" in result.output
     assert not out.exists()
-
-
-def test_spark_engine_is_refused_clearly_until_it_exists(champion_store: dict[str, str], tmp_path: Path) -> None:
-    result = runner.invoke(app, ["score", "--data", "cdnow_sample", "--out", str(tmp_path / "o"), "--engine", "spark"])
-    assert result.exit_code == 2 and "ENGINE=spark is not built yet" in result.output
