@@ -32,6 +32,11 @@ RULES ?=
 HOST ?= 127.0.0.1
 PORT ?= 3000
 CONFIG ?=
+TRIALS ?=
+EXPERIMENT ?=
+METRIC ?=
+VERSION ?=
+UI_PORT ?= 5000
 
 as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
 
@@ -46,7 +51,8 @@ help: ## List the targets and their variables
 	@echo
 	@echo "Variables: DATA=<bundled name|path.yaml> (default cdnow; bundled: cdnow online_retail x_education telco)"
 	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"
-	@echo "           BENCH_CUSTOMERS=N (default 1000000)"
+	@echo "           BENCH_CUSTOMERS=N (default 1000000)  MODEL=<family>  CONFIG=<yaml>  TRIALS=N  EXPERIMENT=<name>"
+	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)"
 	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data)"
 
 $(UV):
@@ -65,7 +71,7 @@ lock: $(UV) ## Re-resolve uv.lock after changing dependencies in pyproject.toml
 	$(UV) lock --python python$(PYTHON_VERSION)
 
 .PHONY: demo
-demo: setup ## Set up, then features and labels for every bundled dataset, then train and register the models
+demo: setup ## Set up, then features and labels of every bundled dataset, train and register the models, a short sweep, batch-score CDNOW
 	$(VALUECAST) demo
 
 .PHONY: test
@@ -122,6 +128,30 @@ reload: ## Tell the running API to switch to the current champions (POST /reload
 .PHONY: bento
 bento: setup ## Build the scoring API as a Bento (bentoml build, bentofile.yaml)
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/bentoml build
+
+.PHONY: experiment
+experiment: setup ## Hyperparameter search CONFIG=experiments/<file>.yaml [TRIALS=N]: nested MLflow runs, best -> challenger
+	@test -n "$(CONFIG)" || { echo "error: set CONFIG=experiments/<file>.yaml, e.g. make experiment CONFIG=experiments/churn_cdnow.yaml TRIALS=5"; ls experiments/*.yaml; exit 2; }
+	$(VALUECAST) experiment --config $(CONFIG) $(if $(TRIALS),--trials $(TRIALS),)
+
+.PHONY: compare
+compare: setup ## Runs of EXPERIMENT (e.g. valuecast-churn, sweep-churn-cdnow) sorted by [METRIC=]; writes a figure
+	@test -n "$(EXPERIMENT)" || { echo "error: set EXPERIMENT=<name>, e.g. make compare EXPERIMENT=valuecast-churn"; exit 2; }
+	$(VALUECAST) compare --experiment "$(EXPERIMENT)" $(if $(METRIC),--metric $(METRIC),) $(if $(OUT),--out $(OUT),)
+
+.PHONY: promote
+promote: setup ## Make VERSION the champion of MODEL (churn|propensity|lead_score|clv); recorded as tags
+	@test -n "$(VERSION)" -a "$(MODEL)" != "all" || { echo "error: set MODEL=<family> and VERSION=<n>, e.g. make promote MODEL=churn VERSION=3"; exit 2; }
+	$(VALUECAST) promote --model $(MODEL) --version $(VERSION)
+
+.PHONY: rollback
+rollback: setup ## Move the champion of MODEL back to the previous champion; recorded as tags
+	@test "$(MODEL)" != "all" || { echo "error: set MODEL=<family>, e.g. make rollback MODEL=churn"; exit 2; }
+	$(VALUECAST) rollback --model $(MODEL)
+
+.PHONY: ui
+ui: setup ## MLflow UI on 127.0.0.1:UI_PORT (default 5000, one worker) against the same store
+	$(VALUECAST) ui --host $(HOST) --port $(UI_PORT) --workers 1
 
 .PHONY: model-quality
 model-quality: setup ## Train every family on the bundled datasets; regenerate docs/model-quality.md

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,52 +20,24 @@ import yaml
 from features.config import PROJECT_ROOT
 from features.io import Dataset, read_raw_table, table_path
 
-from .conftest import load_real
+from .conftest import free_port, load_real, running_server
 
 KEY = "test-key-123"
 AS_OF = "1998-07-01"
 AUTH = {"X-API-Key": KEY}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(champion_store: dict[str, str]) -> Iterator[str]:
     port = free_port()
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    process = subprocess.Popen(
-        [bentoml, "serve", "serving.service:ValueService", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **champion_store, "VALUECAST_API_KEY": KEY, "VALUECAST_WORKERS": "2"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited: {process.stdout.read().decode() if process.stdout else ''}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("the service did not become ready within 120 s")
+    with running_server(
+        [bentoml, "serve", "serving.service:ValueService", "--host", "127.0.0.1", "--port", str(port)],
+        {**os.environ, **champion_store, "VALUECAST_API_KEY": KEY, "VALUECAST_WORKERS": "2"},
+        f"{url}/readyz",
+    ):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def request_for(dataset: Dataset, ids: list[str]) -> dict[str, object]:
@@ -295,6 +265,37 @@ def test_reload_switches_to_a_new_champion_without_dropping_requests(
     assert seen == {second.promotion.version}
     answer = httpx.post(f"{server}/score_leads", json={"leads": [{"lead_id": "x"}]}, headers=AUTH)
     assert answer.json()["model_version"] == second.promotion.version
+
+
+def test_promote_and_rollback_change_what_the_api_serves_after_reload(
+    server: str, champion_store: dict[str, str]
+) -> None:
+    """`make promote` / `make rollback` move the alias; `make reload` makes the running API follow."""
+    valuecast = str(Path(sys.executable).with_name("valuecast"))
+    env = {**os.environ, **champion_store}
+
+    def served() -> str:
+        models = httpx.get(f"{server}/models", headers=AUTH).json()["models"]
+        return str(next(m["version"] for m in models if m["family"] == "lead_score"))
+
+    def move(*args: str) -> None:
+        done = subprocess.run([valuecast, *args], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT)
+        assert done.returncode == 0, done.stderr
+        assert httpx.post(f"{server}/reload", headers=AUTH, timeout=60).status_code == 200
+
+    import mlflow
+
+    from training.run import train_and_log
+
+    uri = champion_store["MLFLOW_TRACKING_URI"]
+    if len(mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions("name = 'valuecast-lead-score'")) < 2:
+        train_and_log("lead_score", "x_education", echo=lambda _: None)  # a second version to move to
+    before = served()
+    other = "1" if before != "1" else "2"
+    move("promote", "--model", "lead_score", "--version", other)
+    assert served() == other
+    move("rollback", "--model", "lead_score")
+    assert served() == before
 
 
 def test_bentofile_pins_match_the_installed_packages() -> None:

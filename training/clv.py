@@ -24,7 +24,15 @@ import pandas as pd
 from features.config import TRANSACTION_REQUIRED
 from features.io import Dataset
 from training.btyd import BTYDModel, expected_orders_curve, fit_btyd, predict_btyd
-from training.common import CustomerModel, Trained, contract_example, feature_columns, matrix, params_for_logging
+from training.common import (
+    CustomerModel,
+    Trained,
+    contract_example,
+    feature_columns,
+    matrix,
+    params_for_logging,
+    select_features,
+)
 from training.config import ModelConfig
 from training.customers import TimeSplit, time_split
 from training.evaluation import Report, evaluate_regression
@@ -147,7 +155,7 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
         parts.append(value_features(group, fitted, train_horizon))
     train_frame = pd.concat(parts, ignore_index=True)
     btyd = fit_btyd(split.test, penalizers=config.penalizers)
-    columns = feature_columns(train_frame)
+    columns = select_features(feature_columns(train_frame), config)
 
     objective = config.xgboost.objective or "reg:squarederror"
     extra = {"tweedie_variance_power": config.xgboost.tweedie_variance_power} if objective == "reg:tweedie" else {}

@@ -77,6 +77,13 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def select_features(columns: Sequence[str], config: ModelConfig) -> list[str]:
+    """The columns the config's feature set keeps: ``exclude_features`` patterns left out."""
+    from fnmatch import fnmatchcase
+
+    return [c for c in columns if not any(fnmatchcase(c, pattern) for pattern in config.exclude_features)]
+
+
 def matrix(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The model inputs in a fixed column order, floats, columns a frame lacks as missing."""
     values = frame.reindex(columns=list(columns)).to_numpy(dtype=np.float64, na_value=np.nan)

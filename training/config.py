@@ -76,6 +76,23 @@ class ModelConfig(_Strict):
         pattern=r"^\d{4}-\d{2}-\d{2}$",
         description="Fixed test cut-off (YYYY-MM-DD); default the latest month start with a full label window.",
     )
+    evaluate_on: Literal["test", "validation"] = Field(
+        default="test",
+        description="validation: score on the window just before the test window (time split) or on a part of "
+        "the training split (snapshots), so that a search never sees the test window. Set by experiments.",
+    )
+    validation_cutoff: str | None = Field(
+        default=None,
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Validation cut-off (YYYY-MM-DD); default the month start one horizon before the test cut-off.",
+    )
+    validation_horizon_days: int | None = Field(
+        default=None, ge=1, description="Label window of the validation cut-off; default horizon_days."
+    )
+    exclude_features: list[str] = Field(
+        default_factory=list,
+        description="Feature set: model inputs to leave out, as shell patterns (e.g. 'spend_last_*', 'attr_*').",
+    )
     score_tiers: dict[str, float] = Field(
         default_factory=lambda: {"hot": 70.0, "warm": 40.0},
         description="Lead score: lowest 0-100 score of each tier; below the last is cold.",

@@ -33,6 +33,7 @@ from training.common import (
     matrix,
     params_for_logging,
     rfm_baseline,
+    select_features,
 )
 from training.config import ModelConfig
 from training.evaluation import Report, evaluate_classifier
@@ -80,6 +81,7 @@ def time_split(
     if dataset.transactions is None:
         raise TrainingRefusedError(f"dataset '{dataset.config.name}' has no transaction log to split by time")
     horizon = horizon_days or config.horizon_days
+    test_cutoff = test_cutoff if test_cutoff is not None else config.test_cutoff
     if test_cutoff is None:
         try:
             test = monthly_cutoffs(dataset, test_horizon_days or horizon)[-1]
@@ -107,6 +109,43 @@ def time_split(
         raise TrainingRefusedError(str(exc)) from exc
     train = pd.concat(frames, ignore_index=True)
     return TimeSplit(train, test_frame, list(train_cutoffs), test, reference.categories, reference.encoder)
+
+
+def validation_config(dataset: Dataset, config: ModelConfig) -> ModelConfig:
+    """The config that scores on the window just before the test window, for searches that must never
+    see the test window: the validation cut-off (default: the month start one horizon before the test
+    cut-off) becomes the test cut-off, its label window ends by the real test cut-off, and the training
+    cut-offs move back with it. Snapshots (no transaction log) split their training part instead."""
+    if dataset.transactions is None:
+        return config.model_copy(update={"evaluate_on": "validation"})
+    horizon = config.validation_horizon_days or config.horizon_days
+    if config.test_cutoff is not None:
+        test = pd.Timestamp(config.test_cutoff)
+    else:
+        try:
+            test = monthly_cutoffs(dataset, config.horizon_days)[-1]
+        except DataError as exc:
+            raise TrainingRefusedError(str(exc)) from exc
+    if config.validation_cutoff is not None:
+        cutoff = pd.Timestamp(config.validation_cutoff)
+    else:
+        cutoff = (test - pd.Timedelta(days=horizon)).to_period("M").to_timestamp()
+    if cutoff + pd.Timedelta(days=horizon) > test:
+        raise TrainingRefusedError(
+            f"the validation window {cutoff:%Y-%m-%d} + {horizon} days runs into the test window starting "
+            f"{test:%Y-%m-%d}: set an earlier validation_cutoff or a shorter validation_horizon_days"
+        )
+    first_day = dataset.transactions.frame["timestamp"].min().normalize()
+    try:
+        check_history(first_day, cutoff, config.train_horizon_days or horizon, config.guards)
+    except TrainingRefusedError as exc:
+        raise TrainingRefusedError(
+            f"validation window {cutoff:%Y-%m-%d} + {horizon} days: {exc}; or set validation_cutoff and "
+            "validation_horizon_days in the experiment's settings"
+        ) from exc
+    return config.model_copy(
+        update={"evaluate_on": "validation", "test_cutoff": f"{cutoff:%Y-%m-%d}", "horizon_days": horizon}
+    )
 
 
 @dataclass
@@ -178,7 +217,7 @@ def train_transaction_classifier(
         )
         btyd = fit_btyd(split.test, with_spend=False, penalizers=config.penalizers)
         split.test = CustomerModel.add_btyd(_Holder(btyd, config.horizon_days), split.test)  # type: ignore[arg-type]
-    columns = feature_columns(split.train)
+    columns = select_features(feature_columns(split.train), config)
     classifiers: dict[str, Any] = {}
     reports: dict[str, Report] = {}
     skipped: dict[str, str] = {}

@@ -111,65 +111,85 @@ def load_for(family: str, data: str, config_path: Path | None = None) -> tuple[D
     return dataset_config, config, dataset
 
 
-def log_trained(trained: Trained, dataset: Dataset, config: ModelConfig) -> tuple[str, tracking.Promotion]:
-    """One MLflow run for a trained model, its baselines as child runs; register and promote."""
-    import mlflow
-
-    kinds = KINDS[trained.family]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    method = str(trained.params.get("champion_method", "xgboost"))
-    run_name = f"{trained.family} | {dataset.config.name} | {method} | {stamp}"
-    tags = {
+def run_tags(trained: Trained, dataset: Dataset) -> dict[str, str]:
+    """What tells runs apart in the UI and in ``make compare``: family, dataset, model, test window."""
+    return {
         "family": trained.family,
         "dataset": dataset.config.name,
-        "model": method,
+        "model": str(trained.params.get("champion_method", "xgboost")),
         "git_commit": tracking.git_commit(),
         "test_window": trained.test_window,
         "primary_metric": trained.report.primary_metric,
         "quality": trained.report.quality,
     }
-    with tracking.run(experiment_name(trained.family), run_name, tags) as run_id:
-        tracking.log_params(
-            {
-                **trained.params,
-                **fingerprint(dataset, kinds).as_params(),
-                "dataset_config": dataset.config.source_file,
-                "train_rows": trained.train_rows,
-                "test_rows": trained.test_rows,
-            }
-        )
-        tracking.log_metrics(trained.report.metrics)
-        tracking.log_metrics(trained.extra_metrics)
-        tracking.log_figures(trained.report.figures)
-        tracking.log_tables(trained.report.tables)
-        tracking.log_tables(trained.tables)
-        experiment_id = mlflow.active_run().info.experiment_id  # type: ignore[union-attr]
-        for name, baseline in trained.baselines.items():
-            tracking.log_metrics(baseline.metrics, prefix=f"baseline_{name}_")
-            child_tags = {**tags, "model": name, "baseline": "true"}
-            with mlflow.start_run(
-                experiment_id=experiment_id, run_name=f"baseline | {name}", nested=True, tags=child_tags
-            ):
-                tracking.log_metrics(baseline.metrics)
-                tracking.log_figures(baseline.figures)
-        uri = tracking.log_model(
-            trained.model,
-            name="model",
-            input_example=trained.input_example,
-            output_example=trained.output_example,
-            params=trained.predict_params,
-            required_inputs=trained.required_inputs,
-            pip_requirements=pip_requirements(),
-            code_paths=CODE_PATHS,
-        )
-        promotion = tracking.register_and_promote(
-            uri,
-            trained.registered_name,
-            metric=trained.report.primary_metric,
-            value=trained.report.primary,
-            test_window=f"{dataset.config.name}: {trained.test_window}",
-            run_id=run_id,
-        )
+
+
+def run_name(kind: str, trained: Trained, dataset: Dataset) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    method = str(trained.params.get("champion_method", "xgboost"))
+    return f"{kind}{trained.family} | {dataset.config.name} | {method} | {stamp}"
+
+
+def log_evaluation(trained: Trained, dataset: Dataset, *, prefix: str = "", details: bool = True) -> None:
+    """Into the active run: the config and data fingerprint as params, the model's and each baseline's
+    metrics (``<prefix>baseline_<name>_<metric>``). With ``details``, also the figures and tables, and
+    each baseline as a child run so that the UI lists it beside the model."""
+    tracking.log_params(
+        {
+            **trained.params,
+            **fingerprint(dataset, KINDS[trained.family]).as_params(),
+            "dataset_config": dataset.config.source_file,
+            "train_rows": trained.train_rows,
+            "test_rows": trained.test_rows,
+        }
+    )
+    tracking.log_metrics(trained.report.metrics, prefix=prefix)
+    tracking.log_metrics(trained.extra_metrics, prefix=prefix)
+    for name, baseline in trained.baselines.items():
+        tracking.log_metrics(baseline.metrics, prefix=f"{prefix}baseline_{name}_")
+    if not details:
+        return
+    tracking.log_figures(trained.report.figures)
+    tracking.log_tables(trained.report.tables)
+    tracking.log_tables(trained.tables)
+    tags = run_tags(trained, dataset)
+    for name, baseline in trained.baselines.items():
+        with tracking.child_run(f"baseline | {name}", {**tags, "model": name, "baseline": "true"}):
+            tracking.log_metrics(baseline.metrics)
+            tracking.log_figures(baseline.figures)
+
+
+def log_and_register(trained: Trained, dataset: Dataset, run_id: str, *, promote: bool = True) -> tracking.Promotion:
+    """Into the active run: the pyfunc model (signature, input example, pinned requirements, the
+    feature and training code); then register it and move the aliases."""
+    uri = tracking.log_model(
+        trained.model,
+        name="model",
+        input_example=trained.input_example,
+        output_example=trained.output_example,
+        params=trained.predict_params,
+        required_inputs=trained.required_inputs,
+        pip_requirements=pip_requirements(),
+        code_paths=CODE_PATHS,
+    )
+    return tracking.register_and_promote(
+        uri,
+        trained.registered_name,
+        metric=trained.report.primary_metric,
+        value=trained.report.primary,
+        test_window=f"{dataset.config.name}: {trained.test_window}",
+        run_id=run_id,
+        promote=promote,
+    )
+
+
+def log_trained(trained: Trained, dataset: Dataset, config: ModelConfig) -> tuple[str, tracking.Promotion]:
+    """One MLflow run for a trained model, its baselines as child runs; register and promote."""
+    with tracking.run(
+        experiment_name(trained.family), run_name("", trained, dataset), run_tags(trained, dataset)
+    ) as run_id:
+        log_evaluation(trained, dataset)
+        promotion = log_and_register(trained, dataset, run_id)
     return run_id, promotion
 
 

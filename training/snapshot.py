@@ -20,7 +20,15 @@ from features.config import DatasetConfig
 from features.io import Dataset, read_raw_table, table_path
 from features.pipeline import attribute_columns
 from features.validate import ROW, NoUsableRowsError, check_table
-from training.common import InputRowsError, Trained, fit_classifier, importance, params_for_logging, reasons
+from training.common import (
+    InputRowsError,
+    Trained,
+    fit_classifier,
+    importance,
+    params_for_logging,
+    reasons,
+    select_features,
+)
 from training.config import ModelConfig
 from training.evaluation import evaluate_classifier
 from training.guards import TrainingRefusedError, check_class_support, check_leakage
@@ -116,12 +124,18 @@ def train_snapshot(
     rows = checked.frame.loc[checked.frame[label].notna()].reset_index(drop=True)
     labels = rows[label].astype(int)
     check_class_support(labels, config.guards, f"{family} on '{dataset.config.name}'")
-    columns = attribute_columns(rows)
+    columns = select_features(attribute_columns(rows), config)
     leakage = check_leakage(rows[columns], labels, config.guards, seed=config.seed)
 
     train_rows, test_rows = train_test_split(
         np.arange(len(rows)), test_size=config.test_size, stratify=labels, random_state=config.seed
     )
+    window = f"stratified {config.test_size:g} test split, seed {config.seed}"
+    if config.evaluate_on == "validation":  # the test part stays unseen: split the training part again
+        train_rows, test_rows = train_test_split(
+            train_rows, test_size=config.test_size, stratify=labels.iloc[train_rows], random_state=config.seed
+        )
+        window = f"validation: stratified {config.test_size:g} split of the training part of the {window}"
     encoder = AttributeEncoder(max_levels=dataset.config.features.max_attribute_levels).fit(
         rows.iloc[train_rows], columns
     )
@@ -150,7 +164,7 @@ def train_snapshot(
         model=model,
         report=report,
         baselines={"logistic_regression": baseline_report},
-        test_window=f"stratified {config.test_size:g} test split, seed {config.seed}",
+        test_window=window,
         params=params_for_logging(config),
         input_example=example,
         output_example=model.predict(None, example),

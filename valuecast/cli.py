@@ -240,7 +240,8 @@ def demo(
     ] = True,
 ) -> None:
     """Features and labels for every bundled dataset there is, then every model trained, logged and
-    registered in MLflow: CDNOW's churn, propensity and CLV, and X Education's lead score."""
+    registered in MLflow (CDNOW's churn, propensity and CLV, X Education's lead score), a short
+    hyperparameter search, and a batch score of every CDNOW customer."""
     _quiet_libraries()
     from features.demo import run_demo
 
@@ -265,8 +266,23 @@ def _demo_training(out: Path) -> None:
             except DatasetMissingError as exc:
                 typer.echo(f"  {family} on {data}: skipped, {exc}")
     typer.echo(metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format))
-    typer.echo("Browse the runs with: .venv/bin/mlflow ui --backend-store-uri " + tracking.tracking_uri())
+    _demo_experiment()
+    typer.echo("Browse the runs: make ui (http://127.0.0.1:5000)")
     _demo_segments(out / "scores")
+
+
+def _demo_experiment(trials: int = 3) -> None:
+    """A short sweep of CDNOW churn: trials on the validation window, the best registered as challenger."""
+    from training.experiments import EXPERIMENT_DIR, run_experiment
+
+    typer.echo(f"\nA {trials}-trial hyperparameter search (make experiment CONFIG=experiments/churn_cdnow.yaml)")
+    with user_errors():
+        outcome = run_experiment(
+            EXPERIMENT_DIR / "churn_cdnow.yaml", trials=trials, echo=lambda m: typer.echo(f"  {m}", err=True)
+        )
+    for line in outcome.summary():
+        typer.echo(line)
+    typer.echo(f"Compare the runs: make compare EXPERIMENT={outcome.experiment}")
 
 
 def _demo_segments(out: Path) -> None:
@@ -415,6 +431,135 @@ def score(
     if result.leads is not None:
         typer.echo(f"scored {len(result.leads):,} leads")
     typer.echo(summary_table(result))
+
+
+FamilyOption = Annotated[str, typer.Option("--model", "-m", help="Model family: churn, propensity, lead_score, clv.")]
+
+
+def _registered_name(family: str) -> str:
+    from training.config import FAMILIES
+    from training.run import family_module
+
+    if family not in FAMILIES:
+        fail(f"unknown model '{family}': use one of {', '.join(FAMILIES)}")
+    return str(family_module(family).REGISTERED_NAME)
+
+
+@app.command()
+def experiment(
+    config: Annotated[Path, typer.Option(help="Experiment definition, e.g. experiments/churn_cdnow.yaml.")],
+    trials: Annotated[int | None, typer.Option(min=1, help="Number of trials (default: the file's).")] = None,
+) -> None:
+    """Hyperparameter search (Optuna, seeded) as nested MLflow runs; the best model becomes a challenger."""
+    _quiet_libraries()
+    _quiet_mlflow()
+    from training.experiments import run_experiment
+    from training.guards import TrainingRefusedError
+
+    with user_errors():
+        try:
+            outcome = run_experiment(config, trials=trials, echo=lambda m: typer.echo(m, err=True))
+        except TrainingRefusedError as exc:
+            fail(f"training refused: {exc}")
+        except KeyboardInterrupt:
+            fail("interrupted before any trial finished; nothing was kept", code=130)
+    for line in outcome.summary():
+        typer.echo(line)
+    typer.echo(f"  ({outcome.seconds:.1f}s)")
+    if outcome.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def compare(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name, e.g. valuecast-churn or a sweep's name.")],
+    metric: Annotated[str | None, typer.Option(help="Sort by this metric (default: the runs' primary metric).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Figure file (default out/compare-<experiment>.png).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Rows to print.")] = 30,
+) -> None:
+    """The runs of an experiment sorted by a metric, with the best baseline and registered versions."""
+    _quiet_mlflow()
+    from training import tracking
+    from training.compare import comparison_figure, comparison_table, default_metric
+
+    try:
+        runs = tracking.search_runs(experiment)
+        chosen = metric or default_metric(runs)
+        table = comparison_table(runs, chosen)
+    except (tracking.RegistryError, ValueError) as exc:
+        fail(str(exc))
+    path = out or Path("out") / f"compare-{experiment.replace('/', '_')}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = comparison_figure(table, chosen, f"{experiment}: {chosen}")
+    partial = path.with_name(f".{path.name}.partial")
+    figure.savefig(partial, format=path.suffix.lstrip(".") or "png", dpi=110)
+    partial.replace(path)
+    table.to_csv(path.with_suffix(".csv"), index=False)
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 48):
+        typer.echo(table.drop(columns=["run_id"]).head(top).to_string(index=False, float_format="{:.4f}".format))
+    typer.echo(f"{len(table)} run(s) sorted by {chosen}; figure: {path}, table: {path.with_suffix('.csv')}")
+
+
+@app.command()
+def promote(
+    model: FamilyOption,
+    version: Annotated[str, typer.Option(help="Registered version to make the champion.")],
+) -> None:
+    """Point the family's champion alias at VERSION (recorded as tags); the API serves it after a reload."""
+    _quiet_mlflow()
+    from training import tracking
+
+    try:
+        moved = tracking.promote(_registered_name(model), version)
+    except tracking.RegistryError as exc:
+        fail(str(exc))
+    typer.echo(moved.message("promoted"))
+    typer.echo("the running API switches after: make reload")
+
+
+@app.command()
+def rollback(model: FamilyOption) -> None:
+    """Move the family's champion alias back to the previous champion (recorded as tags)."""
+    _quiet_mlflow()
+    from training import tracking
+
+    try:
+        moved = tracking.rollback(_registered_name(model))
+    except tracking.RegistryError as exc:
+        fail(str(exc))
+    typer.echo(moved.message("rolled back"))
+    typer.echo("the running API switches after: make reload")
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (this machine has 2 cores).")] = 1,
+) -> None:
+    """The MLflow UI and REST API on HOST:PORT against valuecast's tracking store and registry."""
+    import os
+    import shutil
+
+    from training import tracking
+
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        tracking.tracking_uri(),
+        "--default-artifact-root",
+        tracking.artifact_root(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking.tracking_uri()}); Ctrl-C stops it", err=True)
+    os.execv(command[0], command)
 
 
 @app.command("model-quality")

@@ -1,0 +1,327 @@
+"""Experiments: a hyperparameter search of one model family on one dataset, defined in a YAML file.
+
+``experiments/<name>.yaml`` names the family, the dataset, fixed settings (any model-config key:
+horizon, feature set, calibration, xgboost parameters...), a search space, the number of trials, the
+seed and the metric to maximise (or minimise, for losses and errors). :func:`run_experiment` runs the
+search with Optuna's seeded TPE sampler:
+
+- each trial trains the family with its settings on the **validation protocol** (the window just
+  before the test window, or a part of the training split for snapshots: see
+  :func:`training.customers.validation_config`), so that the search never looks at the test window,
+  and is a nested MLflow run whose metrics are ``val_<metric>``;
+- the parent run holds the best trial's parameters and ``val_*`` metrics; the best settings are then
+  trained once more on the usual protocol, evaluated on the test window (plain metric names, the same
+  as ``make train`` runs, so the two compare), logged and registered as ``challenger``: a sweep never
+  moves ``champion``; a person does, with ``make promote``.
+
+An interrupted search keeps its finished trials (each is a finished run); the parent run then holds
+the best trial so far, is marked KILLED, and nothing is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.config import PROJECT_ROOT, ConfigError, format_validation_error
+from training import tracking
+from training.common import Trained
+from training.config import Family, ModelConfig, load_model_config
+
+EXPERIMENT_DIR = PROJECT_ROOT / "experiments"
+# Metrics where lower is better; every other metric is maximised.
+LOWER_IS_BETTER = {"brier", "log_loss", "ece", "mae", "rmse"}
+PRIMARY = {"churn": "roc_auc", "propensity": "roc_auc", "lead_score": "roc_auc", "clv": "gini_normalized"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchParameter(_Strict):
+    """One dimension of the search space, in Optuna's terms."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParameter:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"an {self.type} parameter needs 'low' <= 'high'")
+        return self
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, self.choices)
+        if self.type == "int":
+            step = int(self.step) if self.step else 1
+            return trial.suggest_int(name, int(self.low or 0), int(self.high or 0), step=step, log=self.log)
+        return trial.suggest_float(name, float(self.low or 0), float(self.high or 0), step=self.step, log=self.log)
+
+
+class Experiment(_Strict):
+    """An experiment definition (one YAML file in ``experiments/``)."""
+
+    name: str = Field(min_length=1, description="MLflow experiment the sweep logs into.")
+    description: str = ""
+    family: Family
+    dataset: str = Field(min_length=1, description="Bundled dataset name or a dataset YAML path.")
+    horizon_days: int | None = Field(default=None, ge=1, description="Shorthand for settings.horizon_days.")
+    feature_set: list[str] = Field(
+        default_factory=list, description="Model inputs to leave out (patterns); shorthand for exclude_features."
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fixed model-config keys over configs/models/<family>.yaml (and its dataset overrides).",
+    )
+    search_space: dict[str, SearchParameter] = Field(
+        default_factory=dict, description="Model-config keys to search, dotted for nested ones (xgboost.max_depth)."
+    )
+    trials: int = Field(default=20, ge=1)
+    seed: int = 0
+    primary_metric: str | None = Field(default=None, description="Default: the family's (roc_auc, gini_normalized).")
+
+    @property
+    def metric(self) -> str:
+        return self.primary_metric or PRIMARY[self.family]
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check an experiment file; a bare name looks in ``experiments/``."""
+    candidate = Path(path)
+    if not candidate.exists() and not candidate.suffix:
+        candidate = EXPERIMENT_DIR / f"{path}.yaml"
+    try:
+        raw = yaml.safe_load(candidate.read_text())
+    except FileNotFoundError as exc:
+        shipped = ", ".join(sorted(p.name for p in EXPERIMENT_DIR.glob("*.yaml")))
+        raise ConfigError(f"{path}: no such experiment file (shipped: {shipped})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{candidate}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{candidate}: expected a mapping of keys at the top level")
+    try:
+        experiment = Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{candidate}: {format_validation_error(exc)}") from exc
+    base = load_model_config(experiment.family, _dataset_name(experiment.dataset))
+    for key in experiment.search_space:  # a misspelt key should fail now, not after the first trial
+        apply(base, {key: _probe(experiment.search_space[key])}, where=f"{candidate}: search_space.{key}")
+    apply(base, fixed_settings(experiment), where=f"{candidate}: settings")
+    return experiment
+
+
+def _dataset_name(data: str) -> str:
+    from features.config import load_dataset_config
+
+    return load_dataset_config(data).name
+
+
+def _probe(parameter: SearchParameter) -> Any:
+    if parameter.type == "categorical":
+        return (parameter.choices or [None])[0]
+    return int(parameter.low or 0) if parameter.type == "int" else float(parameter.low or 0)
+
+
+def fixed_settings(experiment: Experiment) -> dict[str, Any]:
+    settings = dict(experiment.settings)
+    if experiment.horizon_days is not None:
+        settings["horizon_days"] = experiment.horizon_days
+    if experiment.feature_set:
+        settings["exclude_features"] = list(experiment.feature_set)
+    settings.setdefault("seed", experiment.seed)
+    return settings
+
+
+def apply(config: ModelConfig, values: dict[str, Any], *, where: str = "experiment") -> ModelConfig:
+    """``config`` with ``values`` set; dotted keys reach nested settings (``xgboost.max_depth``)."""
+    merged = config.model_dump()
+    for key, value in values.items():
+        target = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ConfigError(f"{where}: '{key}' is not a model setting ('{part}' has no sub-settings)")
+            target = target[part]
+        if isinstance(value, dict) and isinstance(target.get(leaf), dict):
+            target[leaf] = {**target[leaf], **value}
+        else:
+            target[leaf] = value
+    try:
+        return ModelConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {format_validation_error(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    experiment: str
+    parent_run_id: str
+    trials_finished: int
+    best_trial: int
+    best_params: dict[str, Any]
+    best_value: float
+    metric: str
+    test: Trained | None
+    promotion: tracking.Promotion | None
+    interrupted: bool
+    seconds: float
+
+    def summary(self) -> list[str]:
+        lines = [
+            f"experiment '{self.experiment}': {self.trials_finished} trial(s), parent run {self.parent_run_id}",
+            f"  best trial {self.best_trial}: val_{self.metric} {self.best_value:.4f} with "
+            + ", ".join(f"{k}={_short(v)}" for k, v in self.best_params.items()),
+        ]
+        if self.interrupted:
+            lines.append("  interrupted: the finished trials are kept; nothing was registered")
+        if self.test is not None and self.promotion is not None:
+            lines.append(f"  on the test window: {self.test.report.summary_line()}")
+            name, best = self.test.best_baseline()
+            lines.append(f"  best baseline ({name}): {best.summary_line()}")
+            lines.append(f"  {self.promotion.message()}")
+            family = self.test.family
+            lines.append(f"  promote it with: make promote MODEL={family} VERSION={self.promotion.version}")
+        return lines
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callable[[str], None] = print) -> SweepOutcome:
+    """Run the search an experiment file defines; see the module docstring."""
+    import optuna
+
+    from training.customers import validation_config
+    from training.run import family_module, load_for, log_and_register, log_evaluation, run_tags
+
+    start = time.perf_counter()
+    experiment = load_experiment(path)
+    n_trials = trials or experiment.trials
+    echo(f"{experiment.name}: reading and checking '{experiment.dataset}'")
+    _, base, dataset = load_for(experiment.family, experiment.dataset)
+    base = apply(base, fixed_settings(experiment), where=f"{path}: settings")
+    validation = validation_config(dataset, base)
+    train = family_module(experiment.family).train
+    metric = experiment.metric
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    parent_tags = {
+        "family": experiment.family,
+        "dataset": dataset.config.name,
+        "model": "xgboost",
+        "sweep": "true",
+        "primary_metric": metric,
+        "experiment_file": str(path),
+        "git_commit": tracking.git_commit(),
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=experiment.seed)
+    study = optuna.create_study(direction=experiment.direction, sampler=sampler)
+    results: dict[int, tuple[dict[str, Any], Trained]] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {key: spec.suggest(trial, key) for key, spec in experiment.search_space.items()}
+        config = apply(validation, values, where=f"{path}: trial {trial.number}")
+        trained = train(dataset, config)
+        tags = {
+            **run_tags(trained, dataset),
+            "trial": str(trial.number),
+            "window": "validation",
+            "primary_metric": f"val_{metric}",
+        }
+        name = f"trial {trial.number} | {experiment.family} | {dataset.config.name} | xgboost"
+        with tracking.child_run(name, tags):
+            log_evaluation(trained, dataset, prefix="val_", details=False)
+            tracking.log_params({f"search_{k}": v for k, v in values.items()})
+        results[trial.number] = (values, trained)
+        if metric not in trained.report.metrics:
+            known = ", ".join(sorted(trained.report.metrics))
+            raise ConfigError(
+                f"{path}: primary_metric '{metric}' is not a metric of {experiment.family}: use one of {known}"
+            )
+        value = float(trained.report.metrics[metric])
+        echo(
+            f"  trial {trial.number}: val_{metric} {value:.4f}  "
+            + ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        )
+        return value
+
+    name = f"sweep | {experiment.family} | {dataset.config.name} | {n_trials} trials | {stamp}"
+    interrupted = False
+    test: Trained | None = None
+    promotion = None
+    with tracking.run(experiment.name, name, parent_tags) as parent_id:
+        tracking.log_text(Path(path).read_text() if Path(path).exists() else "", "experiment.yaml")
+        tracking.log_params(
+            {
+                "sweep_trials": n_trials,
+                "sweep_seed": experiment.seed,
+                "sweep_metric": metric,
+                "sweep_direction": experiment.direction,
+                "sweep_space": json.dumps(
+                    {k: v.model_dump(exclude_none=True) for k, v in experiment.search_space.items()}
+                ),
+                "validation_window": f"{validation.test_cutoff or 'inner split'} + {validation.horizon_days} days",
+            }
+        )
+        echo(f"{experiment.name}: {n_trials} trial(s) of {experiment.family} on the validation window")
+        try:
+            study.optimize(objective, n_trials=n_trials)
+        except KeyboardInterrupt:
+            interrupted = True
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not finished:
+            tracking.end_active_run("KILLED")
+            raise KeyboardInterrupt
+        best = study.best_trial
+        best_values, best_trained = results[best.number]
+        tracking.set_tags({"best_trial": best.number, "trials_finished": len(finished)})
+        tracking.log_params({f"search_{k}": v for k, v in best_values.items()})
+        log_evaluation(best_trained, dataset, prefix="val_", details=False)
+        if interrupted:
+            tracking.set_tags({"interrupted": "true"})
+            tracking.end_active_run("KILLED")
+        else:
+            echo(f"{experiment.name}: training the best settings on the test protocol")
+            test = train(dataset, apply(base, best_values))
+            tracking.set_tags({**run_tags(test, dataset), "sweep": "true", "best_trial": best.number})
+            tracking.log_metrics(test.report.metrics)
+            tracking.log_metrics(test.extra_metrics)
+            for baseline_name, baseline in test.baselines.items():
+                tracking.log_metrics(baseline.metrics, prefix=f"baseline_{baseline_name}_")
+            tracking.log_figures(test.report.figures)
+            tracking.log_tables(test.report.tables)
+            promotion = log_and_register(test, dataset, parent_id, promote=False)
+    return SweepOutcome(
+        experiment.name,
+        parent_id,
+        len(finished),
+        best.number,
+        best_values,
+        float(best_trained.report.metrics[metric]),
+        metric,
+        test,
+        promotion,
+        interrupted,
+        time.perf_counter() - start,
+    )
