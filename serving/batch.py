@@ -86,12 +86,17 @@ def _chunks(ids: list[str], size: int) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
 
 
-def _subset(dataset: Dataset, ids: list[str]) -> Dataset:
-    """The dataset restricted to some customers (features are per customer, so scores do not change)."""
+def _subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = None) -> Dataset:
+    """The dataset restricted to some customers (features are per customer, so scores do not change);
+    ``rows``: their row positions when known already."""
     assert dataset.transactions is not None
     tx = dataset.transactions.frame
-    keep = _rows_of(tx["customer_id"], ids)
-    checked = type(dataset.transactions)(tx.loc[keep], dataset.transactions.quarantine, dataset.transactions.problems)
+    keep = rows if rows is not None else _rows_of(tx["customer_id"], ids)
+    checked = type(dataset.transactions)(
+        tx.iloc[keep] if rows is not None else tx.loc[keep],
+        dataset.transactions.quarantine,
+        dataset.transactions.problems,
+    )
     return Dataset(dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads)
 
 
@@ -101,6 +106,22 @@ def _rows_of(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
         wanted = customer_id.cat.categories.astype(str).get_indexer(pd.Index(ids, dtype=object))
         return np.isin(customer_id.cat.codes.to_numpy(), wanted[wanted >= 0])
     return customer_id.astype(str).isin(set(ids)).to_numpy()
+
+
+def _rows_by_chunk(dataset: Dataset, ids: list[str], chunks: int) -> list[np.ndarray] | None:
+    """Row positions of each chunk of ``ids`` (``CHUNK_CUSTOMERS`` consecutive ids each), in one pass
+    over the category codes instead of one lookup of every id per chunk; None when not categorical."""
+    assert dataset.transactions is not None
+    column = dataset.transactions.frame["customer_id"]
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return None
+    position = pd.Index(ids, dtype=object).get_indexer(column.cat.categories.astype(object))
+    chunk_of_code = np.where(position >= 0, position // CHUNK_CUSTOMERS, chunks)  # chunks: not scored
+    codes = column.cat.codes.to_numpy()
+    chunk_of_row = np.where(codes >= 0, chunk_of_code[codes], chunks)
+    order = np.argsort(chunk_of_row, kind="stable")  # rows keep their order within a chunk
+    bounds = np.searchsorted(chunk_of_row[order], np.arange(chunks + 1))
+    return [order[bounds[k] : bounds[k + 1]] for k in range(chunks)]
 
 
 def customer_table(dataset: Dataset) -> pd.DataFrame | None:
@@ -119,8 +140,9 @@ def customer_ids(dataset: Dataset, as_of: pd.Timestamp) -> list[str]:
     before = (tx["timestamp"] < as_of).to_numpy()
     column = tx["customer_id"]
     if isinstance(column.dtype, pd.CategoricalDtype):
-        codes = np.unique(column.cat.codes.to_numpy()[before])
-        ids = set(column.cat.categories[codes[codes >= 0]].astype(object).tolist())
+        codes = column.cat.codes.to_numpy()[before]
+        present = np.bincount(codes[codes >= 0], minlength=len(column.cat.categories)) > 0  # no sort of 10M codes
+        ids = set(column.cat.categories[present].astype(object).tolist())
     else:
         ids = set(pd.unique(column[before].astype(str)).tolist())
     customers = customer_table(dataset)
@@ -141,8 +163,9 @@ def model_scores_of_dataset(
     customers = customer_table(dataset)
     scores, facts = [], []
     chunks = _chunks(ids, CHUNK_CUSTOMERS)
+    rows = _rows_by_chunk(dataset, ids, len(chunks)) if len(chunks) > 1 else None
     for number, chunk in enumerate(chunks, start=1):
-        part = dataset if len(chunks) == 1 else _subset(dataset, chunk)
+        part = dataset if rows is None else _subset(dataset, chunk, rows[number - 1])
         chunk_scores, chunk_facts = model_scores(champions, part, as_of, chunk, attributes=customers)
         scores.append(chunk_scores)
         facts.append(chunk_facts)
@@ -291,6 +314,25 @@ def run(
     if dataset.transactions is None:
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
+    with atomic_folder(out) as work:  # nothing replaces OUT unless every step below succeeds
+        scores, leads, info, segment_file = _score_into(
+            work, champions, dataset, as_of, refreeze, rules_path, engine, progress
+        )
+    progress("writing", 1, 1)
+    return BatchResult(out, as_of, scores, leads, info, segment_file)
+
+
+def _score_into(
+    work: Path,
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    refreeze: bool,
+    rules_path: Path | None,
+    engine: str,
+    progress: Callable[[str, int, int], None],
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any], str]:
+    """Every step of :func:`run`, writing into the temporary folder ``work``."""
     population = f"{dataset.config.name} as of {as_of:%Y-%m-%d}"
     if engine == "spark":
         from serving import spark_engine
@@ -302,7 +344,12 @@ def run(
             segment_file = load_or_freeze(champions, pd.DataFrame(), pd.DataFrame(), population, False, rules_path)
         progress("scoring customers on Spark", 0, 1)
         scores = spark_engine.score_dataset(
-            champions, dataset, as_of, customer_ids(dataset, as_of), customer_table(dataset)
+            champions,
+            dataset,
+            as_of,
+            customer_ids(dataset, as_of),
+            customer_table(dataset),
+            out_parquet=work / "scores.parquet",
         )
         progress("scoring customers on Spark", 1, 1)
     else:
@@ -337,24 +384,23 @@ def run(
         else {"leads": len(leads), "tiers": leads["tier"].value_counts().sort_index().to_dict()},
     }
     progress("writing", 0, 1)
-    with atomic_folder(out) as work:
+    if engine != "spark":  # the Spark engine's scores.parquet was written by Spark
         scores.to_parquet(work / "scores.parquet", index=False)
-        write_csv(scores, work / "scores.csv")
-        if leads is not None:
-            leads.to_parquet(work / "leads.parquet", index=False)
-            write_csv(leads, work / "leads.csv")
-        info["lists"] = segment_lists(scores, customer_table(dataset), work / "lists")
-        quarantined: dict[str, int] = {}
-        for kind, checked in dataset.checked_tables():
-            if not checked.quarantine.empty:  # rows that could not be used, with their reason
-                checked.quarantine.to_csv(work / f"quarantine.{kind}.csv", index=False)
-                quarantined[kind] = len(checked.quarantine)
-        info["quarantined"] = quarantined
-        made = figures(scores)
-        (work / "report.html").write_text(report_html(scores, made, info))
-        (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    progress("writing", 1, 1)
-    return BatchResult(out, as_of, scores, leads, info, segment_file)
+    write_csv(scores, work / "scores.csv")
+    if leads is not None:
+        leads.to_parquet(work / "leads.parquet", index=False)
+        write_csv(leads, work / "leads.csv")
+    info["lists"] = segment_lists(scores, customer_table(dataset), work / "lists")
+    quarantined: dict[str, int] = {}
+    for kind, checked in dataset.checked_tables():
+        if not checked.quarantine.empty:  # rows that could not be used, with their reason
+            checked.quarantine.to_csv(work / f"quarantine.{kind}.csv", index=False)
+            quarantined[kind] = len(checked.quarantine)
+    info["quarantined"] = quarantined
+    made = figures(scores)
+    (work / "report.html").write_text(report_html(scores, made, info))
+    (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return scores, leads, info, segment_file
 
 
 def summary_table(result: BatchResult) -> str:

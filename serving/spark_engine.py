@@ -6,6 +6,7 @@ customer ids to :func:`serving.scoring.score_customers`, the function the local 
 use, with the champion models shipped to the executors by Spark's pickling. Features and models are
 applied in that one per-group pandas function: the features of one customer are computed by the
 feature code from that customer's rows only, so grouping by customer gives the local engine's numbers.
+Spark writes the scores (:func:`write_parquet`); the driver reads them back for the small outputs.
 
 Spark runs ``local[*]`` unless ``SPARK_MASTER`` names a cluster (see the README for spark-submit).
 Needs Java 17.
@@ -14,8 +15,10 @@ Needs Java 17.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +67,19 @@ def _schema(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def write_parquet(scored: Any, path: Path) -> None:
+    """Spark writes ``scored`` as one Parquet file at ``path``, rows sorted by customer_id: one sorted
+    partition written to a staging folder beside ``path``, its part file renamed into place (Spark's
+    part names carry a random id; the local engine's layout is one file)."""
+    staging = path.with_name(f".{path.name}.spark")
+    scored.repartition(1).sortWithinPartitions("customer_id").write.mode("overwrite").parquet(staging.as_uri())
+    parts = sorted(staging.glob("part-*.parquet"))
+    if len(parts) != 1:
+        raise RuntimeError(f"Spark wrote {len(parts)} part files to {staging}, expected one")
+    parts[0].replace(path)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def score_dataset(
     champions: Champions,
     dataset: Dataset,
@@ -73,8 +89,13 @@ def score_dataset(
     *,
     spark: Any = None,
     buckets: int | None = None,
+    out_parquet: Path | None = None,
 ) -> pd.DataFrame:
-    """The local engine's :func:`serving.batch.score_dataset`, on Spark; rows sorted by customer_id."""
+    """The local engine's :func:`serving.batch.score_dataset`, on Spark; rows sorted by customer_id.
+
+    With ``out_parquet``, Spark writes the scores there itself (one file, sorted by customer_id, like
+    the local engine's), and the frame returned for the summary, report and lists is read from it.
+    """
     assert dataset.transactions is not None
     spark = spark or session()
     buckets = buckets or max(2, 2 * spark.sparkContext.defaultParallelism)
@@ -113,7 +134,11 @@ def score_dataset(
     spark_tx = spark.createDataFrame(tx)
     spark_ids = spark.createDataFrame(wanted)
     scored = spark_tx.groupBy("bucket").cogroup(spark_ids.groupBy("bucket")).applyInPandas(score_bucket, schema=schema)
-    result = scored.toPandas()
+    if out_parquet is not None:
+        write_parquet(scored, out_parquet)
+        result = pd.read_parquet(out_parquet)
+    else:
+        result = scored.toPandas()
     for column in columns_out:
         if probe[column].dtype == object:
             result[column] = result[column].astype(object).where(result[column].notna(), None)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -50,9 +52,28 @@ def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     runner = CliRunner()
-    for engine in ("local", "spark"):
-        command = ["score", "--data", "cdnow_sample", "--out", str(tmp_path / engine), "--as-of", SERVING_AS_OF]
+    for engine, folder in (("local", "local"), ("spark", "spark"), ("spark", "spark-again")):
+        command = ["score", "--data", "cdnow_sample", "--out", str(tmp_path / folder), "--as-of", SERVING_AS_OF]
         result = runner.invoke(app, [*command, "--engine", engine])
         assert result.exit_code == 0, result.output
-    assert (tmp_path / "spark" / "scores.parquet").read_bytes() == (tmp_path / "local" / "scores.parquet").read_bytes()
-    assert (tmp_path / "spark" / "scores.csv").read_text() == (tmp_path / "local" / "scores.csv").read_text()
+    # Spark wrote its scores.parquet itself (Spark's Parquet writer: other bytes, the same table)
+    written = pq.read_metadata(tmp_path / "spark" / "scores.parquet").metadata
+    assert b"org.apache.spark.version" in written
+    theirs, ours = (pd.read_parquet(tmp_path / e / "scores.parquet") for e in ("spark", "local"))
+    assert list(theirs.columns) == list(ours.columns) and len(theirs) == len(ours) == 2_357
+    for column in ours.columns:
+        if pd.api.types.is_float_dtype(ours[column].dtype):
+            np.testing.assert_allclose(theirs[column], ours[column], rtol=0, atol=1e-9, err_msg=column)
+        else:  # an all-missing text column is Parquet's null type from pandas, a string column from Spark
+            assert theirs[column].isna().tolist() == ours[column].isna().tolist(), column
+            assert theirs[column].dropna().astype(str).tolist() == ours[column].dropna().astype(str).tolist(), column
+    for name in ("scores.csv", "lists/protect.csv", "lists/maintain.csv"):
+        assert (tmp_path / "spark" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    summaries = [json.loads((tmp_path / e / "summary.json").read_text()) for e in ("spark", "local")]
+    assert [s.pop("engine") for s in summaries] == ["spark", "local"] and summaries[0] == summaries[1]
+    assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == sorted(
+        p.name for p in (tmp_path / "local").iterdir()
+    )
+    # the same command writes the same files
+    again = tmp_path / "spark-again" / "scores.parquet"
+    assert again.read_bytes() == (tmp_path / "spark" / "scores.parquet").read_bytes()

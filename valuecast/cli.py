@@ -419,7 +419,14 @@ def score(
 
             try:
                 result = run(
-                    champions, dataset, out, as_of=cutoff, refreeze=refreeze, rules_path=rules, progress=progress
+                    champions,
+                    dataset,
+                    out,
+                    as_of=cutoff,
+                    refreeze=refreeze,
+                    rules_path=rules,
+                    engine=engine,
+                    progress=progress,
                 )
             except NotReadyError as exc:
                 fail(f"{exc}. Train the models first: make train DATA={data}")
