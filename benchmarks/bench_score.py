@@ -111,7 +111,11 @@ def main() -> None:
     )
     for engine, wall, peak in results:
         verdict = "met" if engine != "local" or (wall < 60 and peak < 6) else "MISSED"
-        note = " (targets: < 60 s, < 6 GiB)" if engine == "local" else " (driver process; executors are its threads)"
+        note = (
+            " (targets: < 60 s, < 6 GiB)"
+            if engine == "local"
+            else " (largest process of the run: the driver or Spark's JVM)"
+        )
         print(
             f"make score ENGINE={engine}: {wall:.1f} s wall, peak memory {peak:.2f} GiB{note} "
             f"{verdict if engine == 'local' else ''}"
