@@ -237,7 +237,8 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=experiment.seed)
     study = optuna.create_study(direction=experiment.direction, sampler=sampler)
-    results: dict[int, tuple[dict[str, Any], Trained]] = {}
+    # only the best trial's model is kept: a trained model with its figures is tens of megabytes
+    kept: dict[str, Any] = {}
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: spec.suggest(trial, key) for key, spec in experiment.search_space.items()}
@@ -253,13 +254,15 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
         with tracking.child_run(name, tags):
             log_evaluation(trained, dataset, prefix="val_", details=False)
             tracking.log_params({f"search_{k}": v for k, v in values.items()})
-        results[trial.number] = (values, trained)
         if metric not in trained.report.metrics:
             known = ", ".join(sorted(trained.report.metrics))
             raise ConfigError(
                 f"{path}: primary_metric '{metric}' is not a metric of {experiment.family}: use one of {known}"
             )
         value = float(trained.report.metrics[metric])
+        if not kept or (value < kept["value"] if experiment.direction == "minimize" else value > kept["value"]):
+            # ties keep the earlier trial, as Optuna's best_trial does
+            kept.update(number=trial.number, value=value, values=values, trained=trained)
         echo(
             f"  trial {trial.number}: val_{metric} {value:.4f}  "
             + ", ".join(f"{k}={_short(v)}" for k, v in values.items())
@@ -294,7 +297,8 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
             tracking.end_active_run("KILLED")
             raise KeyboardInterrupt
         best = study.best_trial
-        best_values, best_trained = results[best.number]
+        assert kept["number"] == best.number
+        best_values, best_trained = kept["values"], kept["trained"]
         tracking.set_tags({"best_trial": best.number, "trials_finished": len(finished)})
         tracking.log_params({f"search_{k}": v for k, v in best_values.items()})
         log_evaluation(best_trained, dataset, prefix="val_", details=False)
