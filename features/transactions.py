@@ -255,39 +255,75 @@ def compute_transaction_features(
     the ``top_k`` categories by spend before ``as_of``.
     """
     as_of = pd.Timestamp(as_of).normalize()
-    as_of_ns = as_of.value
-    as_of_day = as_of_ns // NS_PER_DAY
-
     ts_all = transactions["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    keep = ts_all < as_of_ns
-    code_kept, uniques = encode(transactions["customer_id"], keep)
-    n = len(uniques)
-    amount_kept = _kept(transactions["amount"].to_numpy(dtype=np.float64), keep)
-    ts_kept = _kept(ts_all, keep)
-    del ts_all
+    keep = ts_all < as_of.value
+    code, uniques = encode(transactions["customer_id"], keep)
+    order_codes = None
+    if "order_id" in transactions.columns:
+        order_codes = encode(transactions["order_id"], keep, missing="(none)")[0]
+    category_codes, category_names = None, None
+    if "category" in transactions.columns:
+        category_codes, category_names = encode(transactions["category"], keep, missing="(none)")
+    features = feature_arrays(
+        code,
+        len(uniques),
+        _kept(ts_all, keep),
+        _kept(transactions["amount"].to_numpy(dtype=np.float64), keep),
+        as_of,
+        order_codes=order_codes,
+        category_codes=category_codes,
+        category_names=category_names,
+        windows_days=windows_days,
+        categories=categories,
+        top_k=top_k,
+    )
+    return pd.DataFrame({"customer_id": pd.array(uniques, dtype="string"), **features}, copy=False)
+
+
+def feature_arrays(
+    code: np.ndarray,
+    n: int,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    as_of: pd.Timestamp,
+    *,
+    order_codes: np.ndarray | None = None,
+    category_codes: np.ndarray | None = None,
+    category_names: np.ndarray | None = None,
+    windows_days: Sequence[int] = (30, 90, 180, 365),
+    categories: Sequence[str] | None = None,
+    top_k: int = 5,
+) -> dict[str, np.ndarray]:
+    """The feature columns of customers ``0 .. n-1`` from their rows before ``as_of``: ``code`` (the
+    customer of each row), ``ts`` (int64 nanoseconds), ``amount``; optionally order and category codes
+    per row. A customer without rows gets the values of an empty history, to be overwritten.
+
+    No pandas: :func:`compute_transaction_features` calls it for a whole log and the scoring API for
+    the customers of one request, so both compute every number with the same code.
+    """
+    as_of_day = as_of.value // NS_PER_DAY
     # Refunds need no ordering: totals per customer, and the first day seen for refund-only customers.
-    refund = amount_kept < 0
-    refund_code = code_kept[refund]
-    refund_amount = np.bincount(refund_code, weights=-amount_kept[refund], minlength=n)
+    refund = amount < 0
+    refund_code = code[refund]
+    refund_amount = np.bincount(refund_code, weights=-amount[refund], minlength=n)
     first_seen_day = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_seen_day, refund_code, ts_kept[refund] // NS_PER_DAY)
+    np.minimum.at(first_seen_day, refund_code, ts[refund] // NS_PER_DAY)
 
     # Purchases sorted by (customer, timestamp) once; the kernel then reads each customer's rows in a run.
     purchase = ~refund
-    code, ts, amount = code_kept[purchase], ts_kept[purchase], amount_kept[purchase]
-    order = sort_by_customer_and_time(code, ts)
-    code, ts, amount = code[order], ts[order], amount[order]
-    order_key = ts
-    if "order_id" in transactions.columns:
-        order_key = encode(transactions["order_id"], keep, missing="(none)")[0][purchase][order].astype(np.int64)
+    purchase_code, purchase_ts, purchase_amount = code[purchase], ts[purchase], amount[purchase]
+    order = sort_by_customer_and_time(purchase_code, purchase_ts)
+    purchase_code, purchase_ts, purchase_amount = purchase_code[order], purchase_ts[order], purchase_amount[order]
+    order_key = purchase_ts
+    if order_codes is not None:
+        order_key = order_codes[purchase][order].astype(np.int64)
 
     chosen: list[str] = list(categories) if categories is not None else []
-    category = np.full(len(code), -1, dtype=np.int32)
-    if "category" in transactions.columns:
-        category_codes, category_names = encode(transactions["category"], keep, missing="(none)")
+    category = np.full(len(purchase_code), -1, dtype=np.int32)
+    if category_codes is not None and category_names is not None:
         purchase_categories = category_codes[purchase]
         if categories is None:
-            totals = np.bincount(purchase_categories, weights=amount_kept[purchase], minlength=len(category_names))
+            totals = np.bincount(purchase_categories, weights=amount[purchase], minlength=len(category_names))
             ranked = sorted(range(len(category_names)), key=lambda i: (-totals[i], category_names[i]))
             chosen = [str(category_names[i]) for i in ranked[:top_k]]
         position_of = {str(name): i for i, name in enumerate(category_names)}
@@ -303,7 +339,17 @@ def compute_transaction_features(
     window_orders = np.zeros((n, len(windows)))
     category_spend = np.zeros((n, len(chosen)))
     _customer_kernel(
-        code, ts, amount, order_key, category, windows, int(as_of_day), out, window_spend, window_orders, category_spend
+        purchase_code,
+        purchase_ts,
+        purchase_amount,
+        order_key,
+        category,
+        windows,
+        int(as_of_day),
+        out,
+        window_spend,
+        window_orders,
+        category_spend,
     )
     summary = dict(zip(SUMMARY_COLUMNS, out.T, strict=True))
 
@@ -330,5 +376,4 @@ def compute_transaction_features(
         )
         for position, name in enumerate(chosen):
             features[category_column(name)] = np.where(total_spend > 0, category_spend[:, position] / total_spend, 0.0)
-    result = pd.DataFrame({"customer_id": pd.array(uniques, dtype="string"), **features}, copy=False)
-    return result
+    return features

@@ -8,13 +8,18 @@ value sent and the reason.
 from __future__ import annotations
 
 import math
-from datetime import date, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from training.columns import rows_of
+
+OPTIONAL_TRANSACTION_FIELDS = ("category", "order_id", "quantity", "channel", "product_id")
 MAX_CUSTOMERS = 10_000
 MAX_LEADS = 10_000
 Scalar = str | int | float | bool | None
@@ -94,7 +99,7 @@ def problems_of(exc: ValidationError) -> list[dict[str, Any]]:
 def transactions_frame(request: ScoreRequest) -> pd.DataFrame:
     """The request's transactions in contract column names, each row carrying its customer's attributes."""
     rows: dict[str, list[Any]] = {"customer_id": [], "timestamp": [], "amount": []}
-    optional = ("category", "order_id", "quantity", "channel", "product_id")
+    optional = OPTIONAL_TRANSACTION_FIELDS
     used = {
         name for c in request.customers for t in c.transactions for name in optional if getattr(t, name) is not None
     }
@@ -127,22 +132,77 @@ def customer_attributes(request: ScoreRequest) -> pd.DataFrame:
     return frame.set_index("customer_id")
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is pd.NA:
+        return None
+    return value
+
+
 def to_json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-ready dicts: NaN becomes null, numpy scalars become Python numbers."""
-    records = []
-    for row in frame.to_dict(orient="records"):
-        clean: dict[str, Any] = {}
-        for key, value in row.items():
-            if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
-                clean[key] = None
-            elif isinstance(value, np.generic):
-                clean[key] = value.item()
-            elif value is pd.NA:
-                clean[key] = None
-            else:
-                clean[key] = value
-        records.append(clean)
-    return records
+    return [{k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def column_records(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`to_json_records` for a dict of equal-length arrays, the columns ``names`` in that order."""
+    lists = [[_json_value(v) for v in np.asarray(columns[name]).tolist()] for name in names]
+    if not lists:
+        return [{} for _ in range(rows_of(columns))]
+    return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
+
+
+EPOCH = datetime(1970, 1, 1)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def utc_nanoseconds(stamp: datetime) -> int:
+    """A request timestamp as int64 nanoseconds since the epoch, UTC (naive times are UTC), as
+    :func:`transactions_frame` converts them."""
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(UTC).replace(tzinfo=None)
+    return (stamp - EPOCH) // MICROSECOND * 1000
+
+
+@dataclass
+class Histories:
+    """A request's customers as arrays for :func:`serving.scoring.score_histories`."""
+
+    ids: list[str]
+    code: np.ndarray
+    ts: np.ndarray
+    amount: np.ndarray
+    attributes: dict[str, list[Any]]
+
+
+def histories_of(request: ScoreRequest, reserved: set[str]) -> Histories | None:
+    """The request as plain purchase histories, or None when it carries more than those can hold:
+    order ids, categories or other optional transaction fields, or attributes named in ``reserved``
+    (columns the dataset's value maps check or the contract's names), which the row checks read."""
+    ids, code, ts, amount = [], [], [], []
+    names: set[str] = set()
+    for position, customer in enumerate(request.customers):
+        ids.append(str(customer.customer_id))
+        names.update(customer.attributes)
+        for t in customer.transactions:
+            if any(getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS):
+                return None
+            code.append(position)
+            ts.append(utc_nanoseconds(t.timestamp))
+            amount.append(t.amount)
+    if names & reserved:
+        return None
+    attributes = {name: [c.attributes.get(name) for c in request.customers] for name in sorted(names)}
+    return Histories(
+        ids,
+        np.asarray(code, dtype=np.int64),
+        np.asarray(ts, dtype=np.int64),
+        np.asarray(amount, dtype=np.float64),
+        attributes,
+    )
 
 
 TRANSACTION_FIELDS = set(Transaction.model_fields)

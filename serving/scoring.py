@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from features.io import Dataset
-from features.transactions import SUMMARY_COLUMNS
-from serving.segments import FrozenSegments, assign, latest_frozen, load_frozen
+from features.transactions import NS_PER_DAY, SUMMARY_COLUMNS, feature_arrays
+from serving.segments import FrozenSegments, assign, assign_columns, latest_frozen, load_frozen
 from training import tracking
+from training.btyd import BTYD_FEATURES
+from training.columns import without_columns
 from training.common import CustomerModel
 
 REGISTERED = {
@@ -136,6 +138,12 @@ def load_champions(segment_file: Path | None = None) -> Champions:
     return champions
 
 
+def new_customer_value(column: str) -> float:
+    """A feature of a customer without history before the as-of date: unknown for the gaps between
+    orders and for attributes, zero for everything counted."""
+    return np.nan if column in UNKNOWN_FOR_NEW or column.startswith("attr_") else 0.0
+
+
 def _features_for_everyone(model: CustomerModel, dataset: Dataset, ids: pd.Index, as_of: pd.Timestamp) -> pd.DataFrame:
     """The model's features for every id, new customers (no history before as_of) with empty history."""
     assert dataset.transactions is not None
@@ -151,8 +159,8 @@ def _features_for_everyone(model: CustomerModel, dataset: Dataset, ids: pd.Index
     frame = built.reindex(ids)
     new = built.index.get_indexer(ids) < 0  # hash lookup: isin on Arrow strings walks them in Python
     if new.any():
-        numeric = [c for c in frame.columns if c not in UNKNOWN_FOR_NEW and not c.startswith("attr_") and c != "as_of"]
-        frame.loc[new, numeric] = frame.loc[new, numeric].fillna(0.0)
+        counted = [c for c in frame.columns if c != "as_of" and new_customer_value(c) == 0.0]
+        frame.loc[new, counted] = frame.loc[new, counted].fillna(0.0)
         frame["as_of"] = as_of
     frame = frame.reset_index()
     for column in frame.columns:  # reindexing can leave object columns; the models read floats
@@ -161,11 +169,31 @@ def _features_for_everyone(model: CustomerModel, dataset: Dataset, ids: pd.Index
     return model.add_btyd(frame)
 
 
-def _days_since(tx: pd.DataFrame, mask: np.ndarray, ids: pd.Index, as_of: pd.Timestamp) -> np.ndarray:
-    rows = tx.loc[mask]
-    last = rows.groupby(rows["customer_id"].astype(str))["timestamp"].max()
-    days = (as_of - last).dt.days.reindex(ids)
-    return days.to_numpy(dtype=float)
+def days_since_last(code: np.ndarray, ts: np.ndarray, n: int, as_of: pd.Timestamp) -> np.ndarray:
+    """Whole days from each customer's latest row (``code``: customer 0..n-1, -1 for none; ``ts``:
+    int64 nanoseconds, all before ``as_of``) to ``as_of``; NaN for customers without rows."""
+    known = code >= 0
+    latest = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(latest, code[known], ts[known])
+    days = ((as_of.value - latest) // NS_PER_DAY).astype(np.float64)
+    return np.where(latest == np.iinfo(np.int64).min, np.nan, days)
+
+
+def suppression_facts(attributes: Any, as_of: pd.Timestamp) -> dict[str, np.ndarray]:
+    """The suppression flags and the days since the last contact and complaint, per customer, from
+    ``attributes``: a DataFrame or a dict of columns aligned with the customers (missing: None/NaN)."""
+    facts: dict[str, np.ndarray] = {}
+    for column in SUPPRESSION_COLUMNS:
+        if column not in attributes:
+            continue
+        latest = attributes[column]
+        if column.startswith("last_"):
+            stamps = pd.Series(pd.to_datetime(pd.Series(latest, dtype=object), errors="coerce", utc=True))
+            name = "days_since_last_contact" if column == "last_contacted" else "days_since_last_complaint"
+            facts[name] = (as_of - stamps.dt.tz_convert(None)).dt.days.to_numpy(dtype=float)
+        else:
+            facts[column] = np.asarray(latest, dtype=object)
+    return facts
 
 
 def score_customers(
@@ -195,11 +223,29 @@ def with_segments(
         raise NotReadyError(champions.problems.get("segments", "no frozen segment file loaded"))
     segments = assign(pd.concat([scores, facts], axis=1), frozen)
     result = pd.concat([scores, segments], axis=1)
-    result["as_of"] = pd.Timestamp(as_of).strftime("%Y-%m-%d")
+    return result.assign(**_stamps(champions, frozen, as_of))
+
+
+def _stamps(champions: Champions, frozen: FrozenSegments, as_of: pd.Timestamp | str) -> dict[str, str]:
+    """The columns every output row carries: as-of date, model versions, segment file version."""
+    stamps = {"as_of": pd.Timestamp(as_of).strftime("%Y-%m-%d")}
     for family in CUSTOMER_FAMILIES:
-        result[f"{family}_model_version"] = champions.models[family].version
-    result["segment_version"] = frozen.version
-    return result
+        stamps[f"{family}_model_version"] = champions.models[family].version
+    stamps["segment_version"] = frozen.version
+    return stamps
+
+
+def _model_outputs(
+    champions: Champions, clv_features: Any, churn_features: Any, propensity_features: Any
+) -> dict[str, np.ndarray]:
+    """The three customer models' scores from their feature tables (DataFrames or dicts of arrays)."""
+    churn = champions.models["churn"].model.score_columns(churn_features)
+    propensity = champions.models["propensity"].model.score_columns(propensity_features)
+    value = champions.models["clv"].model.score_columns(clv_features)
+    out = {"churn_probability": churn["churn_probability"]}
+    out |= {c: v for c, v in propensity.items() if c.startswith("purchase_probability")}
+    out |= {c: value[c] for c in ("p_alive", "expected_orders", "expected_order_value", "expected_spend", "clv")}
+    return out
 
 
 def model_scores(
@@ -218,43 +264,33 @@ def model_scores(
         customer_ids = list(pd.unique(tx["customer_id"].astype(str)))
     ids = pd.Index([str(c) for c in customer_ids], name="customer_id")
 
-    out = pd.DataFrame({"customer_id": ids})
     clv_model = champions.models["clv"].model
     clv_features = _features_for_everyone(clv_model, dataset, ids, as_of)
     churn_model = champions.models["churn"].model
     propensity_model = champions.models["propensity"].model
     churn_features = _reuse_or_build(churn_model, clv_model, clv_features, dataset, ids, as_of)
     propensity_features = _reuse_or_build(propensity_model, clv_model, clv_features, dataset, ids, as_of)
-
-    churn = churn_model.score_features(churn_features)
-    propensity = propensity_model.score_features(propensity_features)
-    value = clv_model.score_features(clv_features)
-    out["churn_probability"] = churn["churn_probability"].to_numpy()
-    for column in propensity.columns:
-        if column.startswith("purchase_probability"):
-            out[column] = propensity[column].to_numpy()
-    for column in ("p_alive", "expected_orders", "expected_order_value", "expected_spend", "clv"):
-        out[column] = value[column].to_numpy()
+    out = pd.DataFrame(
+        {"customer_id": ids, **_model_outputs(champions, clv_features, churn_features, propensity_features)}
+    )
 
     facts = pd.DataFrame(index=out.index)
     facts["total_spend"] = clv_features["total_spend"].to_numpy()
     facts["days_since_last_order"] = clv_features["days_since_last_order"].to_numpy()
-    before = (tx["timestamp"] < as_of).to_numpy()
-    facts["days_since_last_refund"] = _days_since(tx, before & (tx["amount"] < 0).to_numpy(), ids, as_of)
+    refunds = tx.loc[(tx["timestamp"] < as_of).to_numpy() & (tx["amount"] < 0).to_numpy()]
+    facts["days_since_last_refund"] = days_since_last(
+        ids.get_indexer(refunds["customer_id"].astype(str)),
+        refunds["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64),
+        len(ids),
+        as_of,
+    )
     if attributes is None:
         flag_columns = [c for c in SUPPRESSION_COLUMNS if c in tx.columns]
         attributes = tx.groupby(tx["customer_id"].astype(str))[flag_columns].last() if flag_columns else None
     if attributes is not None:
-        for column in SUPPRESSION_COLUMNS:
-            if column not in attributes.columns:
-                continue
-            latest = attributes[column].reindex(ids)
-            if column.startswith("last_"):
-                stamps = pd.to_datetime(latest, errors="coerce", utc=True).dt.tz_convert(None)
-                name = "days_since_last_contact" if column == "last_contacted" else "days_since_last_complaint"
-                facts[name] = (as_of - stamps).dt.days.to_numpy(dtype=float)
-            else:
-                facts[column] = latest.to_numpy()
+        aligned = {c: attributes[c].reindex(ids) for c in SUPPRESSION_COLUMNS if c in attributes.columns}
+        for name, values in suppression_facts(aligned, as_of).items():
+            facts[name] = values
     return out, facts
 
 
@@ -268,6 +304,71 @@ def _reuse_or_build(
 ) -> pd.DataFrame:
     """Features are computed once when two models were trained with the same categories and no
     attribute encoder (the usual case for one dataset); otherwise each model gets its own."""
-    if model.categories == reference.categories and model.encoder is None and reference.encoder is None:
-        return model.add_btyd(features.drop(columns=["btyd_expected_orders", "btyd_p_alive"], errors="ignore"))
+    if _shares_features(model, reference):
+        return model.add_btyd(without_columns(features, BTYD_FEATURES))
     return _features_for_everyone(model, dataset, ids, as_of)
+
+
+def _shares_features(model: CustomerModel, reference: CustomerModel) -> bool:
+    return model.categories == reference.categories and model.encoder is None and reference.encoder is None
+
+
+def histories_problem(champions: Champions) -> str | None:
+    """Why :func:`score_histories` cannot score for these champions (None: it can)."""
+    models = [champions.models[f].model for f in CUSTOMER_FAMILIES]
+    if not all(_shares_features(m, models[0]) for m in models):
+        return "the champions read customer attributes or different categories"
+    return None
+
+
+def score_histories(
+    champions: Champions,
+    ids: list[str],
+    code: np.ndarray,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    as_of: pd.Timestamp,
+    attributes: dict[str, list[Any]] | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`score_customers` for the few customers of one API request, without building pandas
+    objects (which cost more than the arithmetic for one customer): same feature code, same models,
+    same segment rules, so the same numbers (a test compares the two to 1e-9).
+
+    The transactions are plain purchases and refunds (no order ids, categories or attributes the
+    models read: :func:`histories_problem` says when the champions need more): ``code`` is the
+    position of each row's customer in ``ids``, ``ts`` int64 nanoseconds (UTC), ``amount`` floats.
+    ``attributes``: suppression flags and contact dates, one list per column aligned with ``ids``.
+    """
+    champions.require(CUSTOMER_FAMILIES)
+    frozen = champions.frozen
+    if frozen is None:
+        raise NotReadyError(champions.problems.get("segments", "no frozen segment file loaded"))
+    if (problem := histories_problem(champions)) is not None:
+        raise ValueError(f"cannot score histories without pandas: {problem}; use score_customers")
+    as_of = pd.Timestamp(as_of).normalize()
+    n = len(ids)
+    clv_model = champions.models["clv"].model
+    before = ts < as_of.value
+    code, ts, amount = code[before], ts[before], amount[before]
+    settings = clv_model.dataset_config.features
+    built = feature_arrays(
+        code, n, ts, amount, as_of, windows_days=settings.windows_days, categories=clv_model.categories
+    )
+    new = np.bincount(code, minlength=n) == 0
+    if new.any():
+        built = {c: np.where(new, new_customer_value(c), v) for c, v in built.items()}
+    clv_features = clv_model.add_btyd(built)
+    churn_features = champions.models["churn"].model.add_btyd(built)
+    propensity_features = champions.models["propensity"].model.add_btyd(built)
+    scores = _model_outputs(champions, clv_features, churn_features, propensity_features)
+
+    refund = amount < 0
+    facts = {
+        "total_spend": built["total_spend"],
+        "days_since_last_order": built["days_since_last_order"],
+        "days_since_last_refund": days_since_last(code[refund], ts[refund], n, as_of),
+        **suppression_facts(attributes or {}, as_of),
+    }
+    segments = assign_columns({**scores, **facts}, frozen)
+    stamps = {k: np.full(n, v, dtype=object) for k, v in _stamps(champions, frozen, as_of).items()}
+    return {"customer_id": np.asarray(ids, dtype=object), **scores, **segments, **stamps}

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from features.config import PROJECT_ROOT, ConfigError, format_validation_error
 from features.io import atomic_path
+from training.columns import rows_of
 
 DEFAULT_RULES = PROJECT_ROOT / "configs" / "segments.yaml"
 DEFAULT_FROZEN_DIR = PROJECT_ROOT / "segments"
@@ -189,19 +190,31 @@ def _band(values: np.ndarray, floors: dict[str, float], below: str = "low") -> n
     return band
 
 
-def _truthy(values: pd.Series) -> np.ndarray:
-    text = values.astype("string").str.strip().str.lower()
-    return text.isin(["1", "1.0", "true", "yes", "y"]).to_numpy(dtype=bool)
+def _truthy(values: Any) -> np.ndarray:
+    """Flags as text: 1, 1.0, true, yes, y (any case, spaces around) are set; anything else is not."""
+    text = np.char.lower(np.char.strip(np.asarray(values, dtype=str)))
+    return np.isin(text, ["1", "1.0", "true", "yes", "y"])
+
+
+def _numbers(values: Any) -> np.ndarray:
+    if isinstance(values, pd.Series) or np.asarray(values).dtype == object:
+        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    return np.asarray(values, dtype=float)
 
 
 def assign(scores: pd.DataFrame, frozen: FrozenSegments) -> pd.DataFrame:
     """Segment columns for each row of ``scores`` (same index)."""
+    return pd.DataFrame(assign_columns(scores, frozen), index=scores.index)
+
+
+def assign_columns(scores: pd.DataFrame | Mapping[str, Any], frozen: FrozenSegments) -> dict[str, np.ndarray]:
+    """:func:`assign` on a DataFrame or a dict of equal-length arrays (one API request: no pandas)."""
     rules = frozen.rules
-    n = len(scores)
+    n = rows_of(scores)
 
     def column(name: str, default: float = np.nan) -> np.ndarray:
-        if name in scores.columns:
-            return pd.to_numeric(scores[name], errors="coerce").to_numpy(dtype=float)
+        if name in scores:
+            return _numbers(scores[name])
         return np.full(n, default)
 
     clv, churn = column("clv", 0.0), column("churn_probability", 0.0)
@@ -237,31 +250,28 @@ def assign(scores: pd.DataFrame, frozen: FrozenSegments) -> pd.DataFrame:
         reasons[fresh] = reason
 
     for flag in rules.suppression.flags:
-        if flag in scores.columns:
+        if flag in scores:
             suppress(_truthy(scores[flag]), flag.replace("_", " "))
     for days, name, reason in (
         (rules.suppression.refund_within_days, "days_since_last_refund", "refund"),
         (rules.suppression.complaint_within_days, "days_since_last_complaint", "complaint"),
         (rules.suppression.contacted_within_days, "days_since_last_contact", "contacted"),
     ):
-        if days is not None and name in scores.columns:
+        if days is not None and name in scores:
             with np.errstate(invalid="ignore"):
                 suppress(column(name) <= days, f"{reason} in the last {days} days")
     suppressed = reasons != ""
     action = np.where(suppressed, NO_ACTION, action)
-    return pd.DataFrame(
-        {
-            "value_tier": value_tier,
-            "value_at_risk": clv * churn,
-            "risk_band": facts["risk_band"],
-            "potential_band": facts["potential_band"],
-            "segment": segment,
-            "action": action,
-            "suppressed": suppressed,
-            "suppression_reason": pd.Series(reasons, index=scores.index).where(suppressed, None).to_numpy(),
-        },
-        index=scores.index,
-    )
+    return {
+        "value_tier": value_tier,
+        "value_at_risk": clv * churn,
+        "risk_band": facts["risk_band"],
+        "potential_band": facts["potential_band"],
+        "segment": segment,
+        "action": action,
+        "suppressed": suppressed,
+        "suppression_reason": np.where(suppressed, reasons, np.full(n, None, dtype=object)),
+    }
 
 
 def summary(scores: pd.DataFrame) -> dict[str, Any]:

@@ -93,6 +93,101 @@ def test_api_and_batch_scoring_agree(server: str, champion_store: dict[str, str]
     assert len(set(api["segment"])) >= 2
 
 
+def test_plain_histories_score_exactly_as_the_pandas_path(champion_store: dict[str, str]) -> None:
+    """The API's path for plain purchase histories (no pandas) against score_customers, the batch
+    path, on real customers plus every edge: no history, only future rows, refunds only, a time zone,
+    suppression attributes, an attribute the models do not read."""
+    from serving.api import ScoreRequest, customer_attributes, histories_of, transactions_frame
+    from serving.scoring import histories_problem, load_champions, score_customers, score_histories
+    from training.common import request_dataset
+
+    dataset = load_real("cdnow_sample")
+    assert dataset.transactions is not None
+    ids = list(pd.unique(dataset.transactions.frame["customer_id"].astype(str)))[5::31][:60]
+    body = request_for(dataset, ids)
+    customers = body["customers"]
+    assert isinstance(customers, list)
+    customers += [
+        {"customer_id": "none", "transactions": []},
+        {"customer_id": "future", "transactions": [{"timestamp": "1999-01-01", "amount": 5.0}]},
+        {"customer_id": "refunds", "transactions": [{"timestamp": "1998-06-20", "amount": -12.0}]},
+        {
+            "customer_id": "zoned",
+            "transactions": [
+                {"timestamp": "1998-06-30T23:30:00-05:00", "amount": 20.0},  # 1998-07-01 in UTC: not history
+                {"timestamp": "1998-03-02T01:00:00+02:00", "amount": 35.5},
+                {"timestamp": "1998-06-15", "amount": -10.0},
+            ],
+        },
+        {"customer_id": "opted", "attributes": {"opted_out": "Yes", "last_contacted": "1998-06-25", "tier": "gold"}},
+        {
+            "customer_id": "complained",
+            "transactions": [{"timestamp": "1997-12-01", "amount": 80.0}],
+            "attributes": {"last_complaint": "1998-06-29T23:00:00Z", "do_not_contact": 0},
+        },
+    ]
+    parsed = ScoreRequest.model_validate(body)
+    champions = load_champions()
+    assert histories_problem(champions) is None
+    histories = histories_of(parsed, set())
+    assert histories is not None
+    fast = score_histories(
+        champions,
+        histories.ids,
+        histories.code,
+        histories.ts,
+        histories.amount,
+        pd.Timestamp(AS_OF),
+        histories.attributes,
+    )
+    frame = transactions_frame(parsed)
+    reference = score_customers(
+        champions,
+        request_dataset(champions.models["clv"].model.dataset_config, frame),
+        AS_OF,
+        histories.ids,
+        attributes=customer_attributes(parsed),
+    )
+    assert list(fast) == list(reference.columns)
+    for column in reference.columns:
+        expected = reference[column].to_numpy()
+        if expected.dtype.kind == "f":
+            np.testing.assert_array_equal(fast[column].astype(float), expected, err_msg=column)
+        else:
+            got = [None if v is None or v != v else v for v in fast[column].tolist()]
+            assert got == [None if v is None or v != v else v for v in expected.tolist()], column
+    by_id = {c: i for i, c in enumerate(histories.ids)}
+    assert fast["suppression_reason"][by_id["opted"]] == "opted out"
+    assert fast["suppression_reason"][by_id["complained"]] == "complaint in the last 30 days"
+    assert fast["suppression_reason"][by_id["refunds"]] == "refund in the last 30 days"
+    assert fast["clv"][by_id["none"]] == fast["clv"][by_id["future"]]  # both without history as of AS_OF
+
+    # Order ids, categories or attributes the dataset's row checks read go the pandas way.
+    with_category = ScoreRequest.model_validate(
+        {
+            "customers": [
+                {"customer_id": "c", "transactions": [{"timestamp": "1998-01-05", "amount": 3, "category": "x"}]}
+            ]
+        }
+    )
+    assert histories_of(with_category, set()) is None
+    assert histories_of(parsed, {"tier"}) is None
+
+
+def test_positive_probability_equals_predict_proba(champion_store: dict[str, str]) -> None:
+    from serving.scoring import load_champions
+    from training.columns import feature_matrix
+    from training.common import positive_probability
+
+    champions = load_champions()
+    model = champions.models["churn"].model
+    features = model.features(load_real("cdnow_sample"), AS_OF)
+    x = feature_matrix(features, model.columns)
+    for classifier in [*model.classifiers.values(), *champions.models["propensity"].model.classifiers.values()]:
+        np.testing.assert_array_equal(positive_probability(classifier, x), classifier.predict_proba(x)[:, 1])
+        np.testing.assert_array_equal(positive_probability(classifier, x[:1]), classifier.predict_proba(x[:1])[:, 1])
+
+
 def test_new_customers_unknown_categories_and_suppression(server: str) -> None:
     body = {
         "as_of": AS_OF,

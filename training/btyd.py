@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.special import betaln, gammaln
+
+from training.columns import values_of
 
 DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1)
 
@@ -150,28 +153,26 @@ def bgnbd_log_likelihood(params: dict[str, float], x: np.ndarray, t_x: np.ndarra
 
 
 def predict_btyd(
-    model: BTYDModel, summary: pd.DataFrame, horizon_days: int, *, period_days: float = 7.0
-) -> pd.DataFrame:
-    """Per customer: expected orders in the horizon, P(alive), expected average order value."""
-    frequency = summary["frequency_days"].to_numpy(dtype=float)
-    recency = summary["recency_days"].to_numpy(dtype=float) / period_days
-    T = summary["T_days"].to_numpy(dtype=float) / period_days
+    model: BTYDModel, summary: pd.DataFrame | Mapping[str, Any], horizon_days: int, *, period_days: float = 7.0
+) -> dict[str, np.ndarray]:
+    """Per customer (the rows of ``summary``, a DataFrame or a dict of arrays): expected orders in the
+    horizon, P(alive) and, with Gamma-Gamma, the expected average order value."""
+    frequency = values_of(summary, "frequency_days")
+    recency = values_of(summary, "recency_days") / period_days
+    T = values_of(summary, "T_days") / period_days
     bgnbd = model.bgnbd
     expected_orders = bgnbd.conditional_expected_number_of_purchases_up_to_time(  # type: ignore[attr-defined]
         horizon_days / period_days, frequency, recency, T
     )
     p_alive = bgnbd.conditional_probability_alive(frequency, recency, T)  # type: ignore[attr-defined]
-    result = pd.DataFrame(
-        {
-            "expected_orders": np.asarray(expected_orders, dtype=float),
-            "p_alive": np.asarray(p_alive, dtype=float),
-        },
-        index=summary.index,
-    )
+    result = {
+        "expected_orders": np.asarray(expected_orders, dtype=float),
+        "p_alive": np.asarray(p_alive, dtype=float),
+    }
     if model.gamma_gamma is not None:
         params = model.gamma_gamma.params_  # type: ignore[attr-defined]
         p, q, v = float(params["p"]), float(params["q"]), float(params["v"])
-        monetary = summary["monetary_value_days"].to_numpy(dtype=float)
+        monetary = values_of(summary, "monetary_value_days")
         usable = (frequency > 0) & (monetary > 0)
         population_mean = p * v / (q - 1)
         # Fader & Hardie (2013), equation 5: a weighted mean of the population and customer means.
@@ -195,12 +196,12 @@ def btyd_features(summary: pd.DataFrame, horizon_days: int, penalizers: Sequence
 
 
 def expected_orders_curve(
-    model: BTYDModel, summary: pd.DataFrame, days: Sequence[float], *, period_days: float = 7.0
+    model: BTYDModel, summary: pd.DataFrame | Mapping[str, Any], days: Sequence[float], *, period_days: float = 7.0
 ) -> np.ndarray:
     """Expected orders up to each of ``days`` (columns) for each customer (rows), in one call."""
-    frequency = summary["frequency_days"].to_numpy(dtype=float)
-    recency = summary["recency_days"].to_numpy(dtype=float) / period_days
-    T = summary["T_days"].to_numpy(dtype=float) / period_days
+    frequency = values_of(summary, "frequency_days")
+    recency = values_of(summary, "recency_days") / period_days
+    T = values_of(summary, "T_days") / period_days
     k = len(days)
     t = np.tile(np.asarray(days, dtype=float) / period_days, len(frequency))
     values = model.bgnbd.conditional_expected_number_of_purchases_up_to_time(  # type: ignore[attr-defined]

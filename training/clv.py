@@ -24,6 +24,7 @@ import pandas as pd
 from features.config import TRANSACTION_REQUIRED
 from features.io import Dataset
 from training.btyd import BTYDModel, expected_orders_curve, fit_btyd, predict_btyd
+from training.columns import Columns, feature_matrix, values_of, with_columns
 from training.common import (
     CustomerModel,
     Trained,
@@ -42,23 +43,23 @@ REGISTERED_NAME = "valuecast-clv"
 DAYS_PER_MONTH = 365.25 / 12
 
 
-def value_features(frame: pd.DataFrame, btyd: BTYDModel | None, horizon_days: int) -> pd.DataFrame:
+def value_features(frame: Columns, btyd: BTYDModel | None, horizon_days: int) -> Columns:
     """Rates that do not grow with a customer's age, and the BG/NBD + Gamma-Gamma outputs."""
-    age = frame["T_days"].to_numpy(dtype=float) + 1.0
+    age = values_of(frame, "T_days") + 1.0
     extra = {
-        "spend_per_day": frame["total_spend"].to_numpy(dtype=float) / age,
-        "orders_per_day": frame["order_count"].to_numpy(dtype=float) / age,
-        "recency_share": frame["recency_days"].to_numpy(dtype=float) / age,
+        "spend_per_day": values_of(frame, "total_spend") / age,
+        "orders_per_day": values_of(frame, "order_count") / age,
+        "recency_share": values_of(frame, "recency_days") / age,
     }
     if btyd is not None:
         predicted = predict_btyd(btyd, frame, horizon_days)
         extra |= {
-            "btyd_expected_orders": predicted["expected_orders"].to_numpy(),
-            "btyd_p_alive": predicted["p_alive"].to_numpy(),
-            "btyd_expected_order_value": predicted["expected_order_value"].to_numpy(),
-            "btyd_expected_spend": (predicted["expected_orders"] * predicted["expected_order_value"]).to_numpy(),
+            "btyd_expected_orders": predicted["expected_orders"],
+            "btyd_p_alive": predicted["p_alive"],
+            "btyd_expected_order_value": predicted["expected_order_value"],
+            "btyd_expected_spend": predicted["expected_orders"] * predicted["expected_order_value"],
         }
-    return frame.assign(**extra)
+    return with_columns(frame, extra)
 
 
 def month_ends(horizon_days: int) -> np.ndarray:
@@ -102,8 +103,8 @@ class CLVModel(CustomerModel):
         return self._predict(features, method)[0]
 
     def _predict(
-        self, features: pd.DataFrame, method: str | None = None
-    ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+        self, features: pd.DataFrame | dict[str, np.ndarray], method: str | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """Expected spend over the horizon, the BG/NBD + GG outputs, and the expected-orders curve
         at each month end (the last column is the horizon)."""
         method = method or self.method
@@ -112,31 +113,28 @@ class CLVModel(CustomerModel):
         days = [*ends, float(self.train_horizon_days)]
         both = expected_orders_curve(self.value_btyd, features, days)
         curve, short = both[:, :-1], both[:, -1]
-        long = predicted["expected_orders"].to_numpy()
+        long = predicted["expected_orders"]
         if method == "bgnbd_gamma_gamma":
-            spend = long * predicted["expected_order_value"].to_numpy()
+            spend = long * predicted["expected_order_value"]
         else:
             inputs = value_features(features, self.value_btyd, self.train_horizon_days)
-            spend = np.maximum(self.regressor.predict(matrix(inputs, self.columns).to_numpy()), 0.0)
+            spend = np.maximum(self.regressor.predict(feature_matrix(inputs, self.columns)), 0.0)
             if self.train_horizon_days != self.horizon_days:
                 fallback = self.horizon_days / self.train_horizon_days
                 spend = spend * np.where(short > 0, long / np.where(short > 0, short, 1.0), fallback)
         return np.asarray(spend, dtype=float), predicted, curve
 
-    def score_features(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score_columns(self, features: pd.DataFrame | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spend, predicted, curve = self._predict(features)
         factor = discount_factor(curve, self.discount_rate_monthly)
-        return pd.DataFrame(
-            {
-                "customer_id": features["customer_id"].astype(str).to_numpy(),
-                "expected_orders": predicted["expected_orders"].to_numpy(),
-                "p_alive": predicted["p_alive"].to_numpy(),
-                "expected_order_value": predicted["expected_order_value"].to_numpy(),
-                "expected_spend": spend,
-                "clv": spend * factor,
-                "clv_method": self.method,
-            }
-        )
+        return {
+            "expected_orders": predicted["expected_orders"],
+            "p_alive": predicted["p_alive"],
+            "expected_order_value": predicted["expected_order_value"],
+            "expected_spend": spend,
+            "clv": spend * factor,
+            "clv_method": np.full(len(spend), self.method, dtype=object),
+        }
 
 
 def train(dataset: Dataset, config: ModelConfig) -> Trained:

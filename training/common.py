@@ -24,6 +24,7 @@ from features.io import Dataset
 from features.pipeline import build_customer_features
 from features.validate import ROW, Checked, NoUsableRowsError, Problem, check_table
 from training.btyd import BTYDModel, predict_btyd
+from training.columns import Columns, feature_matrix, with_columns
 from training.config import ModelConfig
 from training.evaluation import Report
 
@@ -85,9 +86,9 @@ def select_features(columns: Sequence[str], config: ModelConfig) -> list[str]:
 
 
 def matrix(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """The model inputs in a fixed column order, floats, columns a frame lacks as missing."""
-    values = frame.reindex(columns=list(columns)).to_numpy(dtype=np.float64, na_value=np.nan)
-    return pd.DataFrame(values, columns=list(columns))
+    """The model inputs in a fixed column order, floats, columns a frame lacks as missing (named
+    columns for fitting; scoring passes :func:`training.columns.feature_matrix`'s plain array)."""
+    return pd.DataFrame(feature_matrix(frame, columns), columns=list(columns))
 
 
 def xgb_params(config: ModelConfig) -> dict[str, Any]:
@@ -124,6 +125,35 @@ def booster_of(classifier: Any) -> Any:
     if hasattr(classifier, "calibrated_classifiers_"):
         return classifier.calibrated_classifiers_[0].estimator
     return classifier
+
+
+def positive_probability(classifier: Any, x: np.ndarray) -> np.ndarray:
+    """``classifier.predict_proba(x)[:, 1]`` as float64, computed without scikit-learn's input checks.
+
+    For one customer those checks cost several times the prediction itself. With one calibrated
+    classifier (``ensemble=False``) scikit-learn's result is the calibrator applied to the booster's
+    probability; that is computed here directly, and a test holds it equal to ``predict_proba``.
+    """
+    calibrated = getattr(classifier, "calibrated_classifiers_", None)
+    if calibrated is not None and len(calibrated) == 1 and len(calibrated[0].calibrators) == 1:
+        booster = calibrated[0].estimator
+        if booster.objective == "binary:logistic" and getattr(booster, "best_iteration", None) is None:
+            raw = booster.get_booster().inplace_predict(x)
+            return np.asarray(_calibrate(calibrated[0].calibrators[0], raw), dtype=np.float64)
+    return np.asarray(classifier.predict_proba(x)[:, 1], dtype=np.float64)
+
+
+def _calibrate(calibrator: Any, raw: np.ndarray) -> np.ndarray:
+    """``calibrator.predict(raw)``; for isotonic calibration the steps of scikit-learn's
+    ``IsotonicRegression._transform`` without its input checks (the booster's output is finite)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    if type(calibrator) is not IsotonicRegression:
+        return np.asarray(calibrator.predict(raw))
+    values = np.asarray(raw, dtype=calibrator.X_thresholds_.dtype).reshape(-1)
+    if calibrator.out_of_bounds == "clip":
+        values = np.clip(values, calibrator.X_min_, calibrator.X_max_)
+    return np.asarray(calibrator.f_(values)).astype(values.dtype)
 
 
 def importance(classifier: Any, columns: Sequence[str], sources: Sequence[str] | None = None) -> pd.Series:
@@ -242,17 +272,22 @@ class CustomerModel(PythonModel):
         frame = build_customer_features(dataset, as_of, categories=self.categories, encoder=self.encoder).frame
         return self.add_btyd(frame)
 
-    def add_btyd(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def add_btyd(self, frame: Columns) -> Columns:
         if self.btyd is None:
             return frame
         predicted = predict_btyd(self.btyd, frame, self.horizon_days)
-        return frame.assign(
-            btyd_expected_orders=predicted["expected_orders"].to_numpy(),
-            btyd_p_alive=predicted["p_alive"].to_numpy(),
+        return with_columns(
+            frame, {"btyd_expected_orders": predicted["expected_orders"], "btyd_p_alive": predicted["p_alive"]}
         )
 
-    def score_features(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score_columns(self, features: pd.DataFrame | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's outputs for each row of a feature table (a DataFrame or a dict of arrays)."""
         raise NotImplementedError
+
+    def score_features(self, features: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`score_columns` as a frame, one row per customer, keyed by ``customer_id``."""
+        ids = features["customer_id"].astype(str).to_numpy()
+        return pd.DataFrame({"customer_id": ids, **self.score_columns(features)})
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         dataset = request_dataset(self.dataset_config, model_input)
