@@ -174,7 +174,7 @@ bench-train: setup ## make train MODEL=all DATA=cdnow against a temporary MLflow
 
 .PHONY: bench-serve
 bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow models serve; a 1,000-customer request
-	$(BIN)/python -m benchmarks.bench_serve --clients 16 --duration 20
+	$(BIN)/python -m benchmarks.bench_serve --clients 16 --duration 10 --rounds 3
 
 .PHONY: bench-score
 bench-score: setup ## make score on 1M synthetic customers / 10M transactions: local engine, then Spark

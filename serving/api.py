@@ -155,16 +155,9 @@ def column_records(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> l
     return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
 
 
+PLAIN_FIELDS = {"timestamp", "amount"}
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
-
-
-def utc_nanoseconds(stamp: datetime) -> int:
-    """A request timestamp as int64 nanoseconds since the epoch, UTC (naive times are UTC), as
-    :func:`transactions_frame` converts them."""
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(UTC).replace(tzinfo=None)
-    return (stamp - EPOCH) // MICROSECOND * 1000
 
 
 @dataclass
@@ -181,28 +174,30 @@ class Histories:
 def histories_of(request: ScoreRequest, reserved: set[str]) -> Histories | None:
     """The request as plain purchase histories, or None when it carries more than those can hold:
     order ids, categories or other optional transaction fields, or attributes named in ``reserved``
-    (columns the dataset's value maps check or the contract's names), which the row checks read."""
-    ids, code, ts, amount = [], [], [], []
+    (columns the dataset's value maps check or the contract's names), which the row checks read.
+    Timestamps become int64 nanoseconds in UTC (naive times are UTC), as :func:`transactions_frame`
+    converts them."""
+    ids, code, stamps, amount = [], [], [], []
     names: set[str] = set()
     for position, customer in enumerate(request.customers):
         ids.append(str(customer.customer_id))
         names.update(customer.attributes)
         for t in customer.transactions:
-            if any(getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS):
+            if t.model_fields_set - PLAIN_FIELDS and any(
+                getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS
+            ):
                 return None
             code.append(position)
-            ts.append(utc_nanoseconds(t.timestamp))
+            stamps.append(t.timestamp)
             amount.append(t.amount)
     if names & reserved:
         return None
+    # Integer arithmetic on the datetimes: numpy's conversion of datetime objects is 5x slower.
+    if any(stamp.tzinfo is not None for stamp in stamps):
+        stamps = [s.astimezone(UTC).replace(tzinfo=None) if s.tzinfo is not None else s for s in stamps]
+    ts = np.asarray([(stamp - EPOCH) // MICROSECOND * 1000 for stamp in stamps], dtype=np.int64)
     attributes = {name: [c.attributes.get(name) for c in request.customers] for name in sorted(names)}
-    return Histories(
-        ids,
-        np.asarray(code, dtype=np.int64),
-        np.asarray(ts, dtype=np.int64),
-        np.asarray(amount, dtype=np.float64),
-        attributes,
-    )
+    return Histories(ids, np.asarray(code, dtype=np.int64), ts, np.asarray(amount, dtype=np.float64), attributes)
 
 
 TRANSACTION_FIELDS = set(Transaction.model_fields)
