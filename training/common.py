@@ -136,7 +136,7 @@ def positive_probability(classifier: Any, x: np.ndarray) -> np.ndarray:
     """
     calibrated = getattr(classifier, "calibrated_classifiers_", None)
     if calibrated is not None and len(calibrated) == 1 and len(calibrated[0].calibrators) == 1:
-        booster = calibrated[0].estimator
+        booster = booster_of(classifier)
         if booster.objective == "binary:logistic" and getattr(booster, "best_iteration", None) is None:
             raw = booster.get_booster().inplace_predict(x)
             return np.asarray(_calibrate(calibrated[0].calibrators[0], raw), dtype=np.float64)
