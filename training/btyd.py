@@ -52,7 +52,10 @@ def compress(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame,
 
 
 def _try_penalizers(
-    fit_one: Callable[[float], object], penalizers: Sequence[float], what: str
+    fit_one: Callable[[float], object],
+    penalizers: Sequence[float],
+    what: str,
+    check: Callable[[object], str | None] | None = None,
 ) -> tuple[object, float, list[str]]:
     from lifetimes.utils import ConvergenceError
 
@@ -64,12 +67,16 @@ def _try_penalizers(
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 model = fit_one(penalizer)
-        except (ConvergenceError, ValueError, FloatingPointError) as exc:
+        except (ConvergenceError, ValueError, FloatingPointError, ZeroDivisionError, OverflowError) as exc:
             attempts.append(f"{what} with penalizer {penalizer}: {str(exc).strip().splitlines()[0]}")
             continue
         params = np.array(model.params_.to_numpy(dtype=np.float64))  # type: ignore[attr-defined]
         if not np.all(np.isfinite(params)) or np.any(params <= 0):
             attempts.append(f"{what} with penalizer {penalizer}: parameters not finite and positive ({params})")
+            continue
+        problem = check(model) if check is not None else None
+        if problem is not None:
+            attempts.append(f"{what} with penalizer {penalizer}: {problem}")
             continue
         attempts.append(f"{what} with penalizer {penalizer}: converged")
         return model, penalizer, attempts
@@ -109,7 +116,18 @@ def fit_btyd(
             rows["frequency"], rows["recency"], rows["T"], weights=weights
         )
 
-    bgnbd, bg_penalizer, attempts = _try_penalizers(fit_bgnbd, penalizers, "BG/NBD")
+    def finite_outputs(model: object) -> str | None:
+        """A fit whose parameters look fine can still give infinite or undefined expectations for
+        the customers it was fitted on (e.g. a tiny shop where nobody repeats): not usable."""
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            args = (rows["frequency"].to_numpy(), rows["recency"].to_numpy(), rows["T"].to_numpy())
+            expected = model.conditional_expected_number_of_purchases_up_to_time(1.0, *args)  # type: ignore[attr-defined]
+            alive = model.conditional_probability_alive(*args)  # type: ignore[attr-defined]
+        bad = int((~np.isfinite(np.asarray(expected, dtype=float))).sum() + (~np.isfinite(np.asarray(alive))).sum())
+        return f"{bad} non-finite expectations or P(alive) on the fitted customers" if bad else None
+
+    bgnbd, bg_penalizer, attempts = _try_penalizers(fit_bgnbd, penalizers, "BG/NBD", finite_outputs)
     gamma_gamma, gg_penalizer = None, None
     if with_spend:
         spend = pd.DataFrame(

@@ -10,7 +10,7 @@ exactly the numbers it was evaluated with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from features.io import Dataset
 from features.pipeline import build_customer_features
 from features.validate import ROW, Checked, NoUsableRowsError, Problem, check_table
 from training.btyd import BTYDModel, predict_btyd
+from training.candidates import Choice
 from training.columns import Columns, feature_matrix, with_columns
 from training.config import ModelConfig
 from training.evaluation import Report
@@ -63,6 +64,12 @@ class Trained:
     train_rows: int = 0
     test_rows: int = 0
     required_inputs: list[str] | None = None  # input columns a caller must send; None: all of them
+    candidate: str = ""  # the winning candidate (training.candidates)
+    choice: Choice | None = None  # every candidate's validation and test figures, and why the winner won
+    warnings: list[str] = field(default_factory=list)  # what the run left out and why (printed, logged)
+    # The primary metric of another version of this model (the current champion) on this run's test
+    # rows, so that promotion compares like with like.
+    rescore: Callable[[Any], float] | None = None
 
     def best_baseline(self) -> tuple[str, Report]:
         name = max(self.baselines, key=lambda k: self.baselines[k].primary)
@@ -163,15 +170,13 @@ def importance(classifier: Any, columns: Sequence[str], sources: Sequence[str] |
     return values.sort_values(ascending=False)
 
 
-def reasons(classifier: Any, x: pd.DataFrame, sources: Sequence[str], top: int) -> tuple[list[str], list[str]]:
-    """Per row, the ``top`` inputs raising and lowering the score most: xgboost's per-row contributions
-    (log-odds), summed over the encoded columns of each source column ("Lead Origin (+1.20)")."""
-    import xgboost
-
+def reasons(contributions: np.ndarray, sources: Sequence[str], top: int) -> tuple[list[str], list[str]]:
+    """Per row, the ``top`` inputs raising and lowering the score most: per-row contributions to the
+    log-odds (rows x encoded columns), summed over the encoded columns of each source column
+    ("Lead Origin (+1.20)")."""
     if top == 0:
-        return [""] * len(x), [""] * len(x)
-    contributions = booster_of(classifier).get_booster().predict(xgboost.DMatrix(x), pred_contribs=True)[:, :-1]
-    grouped = pd.DataFrame(contributions.T).groupby(np.asarray(sources), sort=True).sum()
+        return [""] * len(contributions), [""] * len(contributions)
+    grouped = pd.DataFrame(np.asarray(contributions).T).groupby(np.asarray(sources), sort=True).sum()
     names, values = grouped.index.to_numpy(), grouped.to_numpy().T
     up, down = [], []
     for row in values:
@@ -179,17 +184,6 @@ def reasons(classifier: Any, x: pd.DataFrame, sources: Sequence[str], top: int) 
         up.append("; ".join(f"{names[i]} (+{row[i]:.2f})" for i in order[:top] if row[i] > 0))
         down.append("; ".join(f"{names[i]} ({row[i]:.2f})" for i in order[::-1][:top] if row[i] < 0))
     return up, down
-
-
-def rfm_baseline(train: pd.DataFrame, y: np.ndarray, seed: int) -> Any:
-    """Logistic regression on recency, frequency and monetary value (the classic RFM baseline)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(
-        train[list(RFM_COLUMNS)].to_numpy(dtype=float), y
-    )
 
 
 RFM_COLUMNS = ("days_since_last_order", "order_count", "avg_order_value")

@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from features.config import PROJECT_ROOT, ConfigError, format_validation_error
 
 MODEL_CONFIG_DIR = PROJECT_ROOT / "configs" / "models"
-Family = Literal["churn", "propensity", "lead_score", "clv"]
-FAMILIES: tuple[Family, ...] = ("churn", "propensity", "lead_score", "clv")
 
 
 class _Strict(BaseModel):
@@ -52,8 +50,13 @@ class Guards(_Strict):
 class ModelConfig(_Strict):
     """Everything a training run of one family on one dataset depends on."""
 
-    family: Family
+    family: str = Field(description="The model family (a file in configs/models/).")
     seed: int = 0
+    candidates: list[str] | None = Field(
+        default=None,
+        description="Candidates to train and compare on the validation data (default: all of the family's).",
+    )
+    cv_folds: int = Field(default=5, ge=2, le=20, description="Snapshots and leads: folds of the cross-validation.")
     horizon_days: int = Field(default=90, ge=1)
     cutoffs: int = Field(default=6, ge=1, description="Monthly cut-offs in the training set; the latest is the test.")
     test_size: float = Field(
@@ -104,8 +107,9 @@ class ModelConfig(_Strict):
 
 def load_model_config(family: str, dataset: str | None = None, path: Path | None = None) -> ModelConfig:
     """The family's config, with the overrides its file lists for ``dataset`` applied."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model '{family}': use one of {', '.join(FAMILIES)} (or all)")
+    from training.families import check_name
+
+    check_name(family)
     path = path or MODEL_CONFIG_DIR / f"{family}.yaml"
     try:
         raw = yaml.safe_load(path.read_text()) or {}

@@ -5,13 +5,18 @@ training cut-offs are the month starts (up to ``cutoffs`` of them) whose label w
 before the test cut-off, so no training label looks into the test window. Features, categories and
 the attribute encoder are those of :func:`features.pipeline.build_training_set`.
 
-Baselines on the same test rows: BG/NBD fitted on the history before the test cut-off (unsupervised,
-so it needs no training labels), and a logistic regression on recency, frequency and monetary value.
+Candidates (:mod:`training.candidates`) on the same rows: the baselines BG/NBD fitted on the history
+before the cut-off (unsupervised, so it needs no training labels) and a logistic regression on recency,
+frequency and monetary value; a regularised logistic regression on all features; calibrated xgboost;
+their blend. The winner is chosen on the validation window (the month start one horizon before the
+test cut-off, with training cut-offs whose labels end by it), refitted on the training cut-offs, and
+reported on the test window with every other candidate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,8 +26,17 @@ from features.config import TRANSACTION_REQUIRED
 from features.io import Dataset
 from features.pipeline import FeatureSet, build_customer_features, build_customer_labels, monthly_cutoffs
 from features.validate import DataError
-from training.btyd import BTYDModel, btyd_features, fit_btyd, predict_btyd
-from training.columns import feature_matrix
+from training.btyd import BTYD_FEATURES, BTYDModel, FitError, fit_btyd, predict_btyd
+from training.candidates import (
+    BASELINE_NAMES,
+    BGNBD_SCORES,
+    Choice,
+    ColumnScore,
+    Fitted,
+    candidates_for,
+    choose_and_report,
+    logistic_regression,
+)
 from training.common import (
     RFM_COLUMNS,
     CustomerModel,
@@ -33,13 +47,12 @@ from training.common import (
     importance,
     matrix,
     params_for_logging,
-    positive_probability,
-    rfm_baseline,
     select_features,
 )
 from training.config import ModelConfig
 from training.evaluation import Report, evaluate_classifier
-from training.guards import TrainingRefusedError, check_class_support, check_history
+from training.families import registered_name
+from training.guards import ShortHistoryError, TrainingRefusedError, check_class_support, check_history
 
 
 @dataclass
@@ -88,7 +101,7 @@ def time_split(
         try:
             test = monthly_cutoffs(dataset, test_horizon_days or horizon)[-1]
         except DataError as exc:
-            raise TrainingRefusedError(str(exc)) from exc
+            raise ShortHistoryError(str(exc)) from exc
     else:
         test = pd.Timestamp(test_cutoff)
     first_day = dataset.transactions.frame["timestamp"].min().normalize()
@@ -99,7 +112,7 @@ def time_split(
     )
     train_cutoffs = [c for c in starts if first_day < c <= latest_train][-config.cutoffs :]
     if not train_cutoffs:
-        raise TrainingRefusedError(
+        raise ShortHistoryError(
             f"no training cut-off leaves a full {horizon}-day label window before the test cut-off "
             f"{test:%Y-%m-%d}; use a shorter horizon_days or more history"
         )
@@ -159,124 +172,253 @@ class _Holder:
 
 
 class TransactionClassifier(CustomerModel):
-    """One calibrated classifier per output column (``churn_probability``, ``purchase_probability``...)."""
+    """One fitted candidate per output column (``churn_probability``, ``purchase_probability``...): the
+    winner of that output's candidates on the validation window."""
 
     def __init__(
         self,
         split: TimeSplit,
         dataset: Dataset,
-        columns: list[str],
-        classifiers: dict[str, Any],
+        classifiers: dict[str, Fitted],
         btyd: BTYDModel | None,
         horizon_days: int,
     ) -> None:
+        columns = sorted({c for fitted in classifiers.values() for c in fitted.all_columns} - set(BTYD_FEATURES))
         super().__init__(dataset.config, split.categories, split.encoder, columns, btyd, horizon_days)
         self.classifiers = classifiers
 
     def score_columns(self, features: pd.DataFrame | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = feature_matrix(features, self.columns)  # numpy, not a frame: 4x faster per call, same numbers
-        return {name: positive_probability(classifier, values) for name, classifier in self.classifiers.items()}
+        return {name: fitted.score(features) for name, fitted in self.classifiers.items()}
 
 
-def _bgnbd_baselines(
-    split: TimeSplit, horizon_days: int, y: np.ndarray, rows: np.ndarray, config: ModelConfig, kind: str
-) -> dict[str, Report]:
-    """BG/NBD fitted on the history before the test cut-off: 1 - P(alive), and expected purchases in
-    the horizon (scored as exp(-E[X]) for churn and 1 - exp(-E[X]) for propensity: same ranking,
-    a number in [0, 1])."""
-    model = fit_btyd(split.test, with_spend=False, penalizers=config.penalizers)
-    predicted = predict_btyd(model, split.test.loc[rows], horizon_days)
-    alive = predicted["p_alive"]
-    none_expected = np.exp(-predicted["expected_orders"])
-    if kind == "churn":
-        return {
-            "bgnbd_1_minus_p_alive": evaluate_classifier(y, 1.0 - alive),
-            "bgnbd_expected_purchases": evaluate_classifier(y, none_expected),
-        }
-    return {
-        "bgnbd_p_alive": evaluate_classifier(y, alive),
-        "bgnbd_expected_purchases": evaluate_classifier(y, 1.0 - none_expected),
-    }
+def safe_btyd(summary: pd.DataFrame, config: ModelConfig, what: str, *, with_spend: bool = False) -> BTYDModel | str:
+    """BG/NBD fitted on a cut-off's history, or why it could not be (a degenerate fit on a small
+    shop's data: the BG/NBD inputs and baselines are then left out of the run, with that warning)."""
+    try:
+        return fit_btyd(summary, with_spend=with_spend, penalizers=config.penalizers)
+    except FitError as exc:
+        return f"BG/NBD inputs and baselines left out ({what}): {exc}"
+
+
+def prepared_split(dataset: Dataset, config: ModelConfig, warnings: list[str]) -> tuple[TimeSplit, BTYDModel | None]:
+    """The time split with the BG/NBD columns added to the test rows (fitted on the history before the
+    test cut-off, for the BG/NBD baselines and, with ``feed_btyd``, as inputs of the other candidates;
+    then each training cut-off gets a fit of its own)."""
+    split = time_split(dataset, config)
+    btyd = safe_btyd(split.test, config, f"cut-off {split.test_cutoff:%Y-%m-%d}")
+    if isinstance(btyd, str):
+        warnings.append(btyd)
+        return split, None
+    split.test = CustomerModel.add_btyd(_Holder(btyd, config.horizon_days), split.test)  # type: ignore[arg-type]
+    if config.feed_btyd:
+        parts = []
+        for cutoff, group in split.train.groupby("cutoff", sort=True):
+            fitted = safe_btyd(group, config, f"training cut-off {pd.Timestamp(cutoff):%Y-%m-%d}")
+            if isinstance(fitted, str):
+                warnings.append(fitted)
+                split.test = split.test.drop(columns=list(BTYD_FEATURES))
+                return split, None
+            predicted = predict_btyd(fitted, group, config.horizon_days)
+            parts.append(
+                group.assign(btyd_expected_orders=predicted["expected_orders"], btyd_p_alive=predicted["p_alive"])
+            )
+        split.train = pd.concat(parts, ignore_index=True)
+    return split, btyd
+
+
+def fit_candidates(
+    train: pd.DataFrame, label: str, columns: list[str], config: ModelConfig, names: tuple[str, ...]
+) -> dict[str, Fitted]:
+    """Every candidate of ``names`` fitted on the labelled training rows (BG/NBD baselines need no
+    fitting: they read the BG/NBD columns of the rows they score)."""
+    rows = train[label].notna().to_numpy()
+    y = train.loc[rows, label].astype(int).to_numpy()
+    fitted: dict[str, Fitted] = {}
+    for name in names:
+        if name in BGNBD_SCORES:
+            column, transform = BGNBD_SCORES[name]
+            fitted[name] = Fitted(name, [column], ColumnScore(transform).fit())
+        elif name == "rfm_logistic_regression":
+            estimator = logistic_regression(config.seed, transform=False)
+            fitted[name] = Fitted(name, list(RFM_COLUMNS), estimator.fit(matrix(train.loc[rows], RFM_COLUMNS), y))
+        elif name == "logistic_regression":
+            estimator = logistic_regression(config.seed)
+            fitted[name] = Fitted(name, columns, estimator.fit(matrix(train.loc[rows], columns).to_numpy(), y))
+        elif name == "xgboost":
+            fitted[name] = Fitted(name, columns, fit_classifier(matrix(train.loc[rows], columns), y, config))
+        elif name == "blend" and {"xgboost", "logistic_regression"} <= set(fitted):
+            fitted[name] = Fitted(name, [], parts=[fitted["logistic_regression"], fitted["xgboost"]])
+    return fitted
+
+
+def score_candidates(fitted: dict[str, Fitted], test: pd.DataFrame, label: str) -> dict[str, Report]:
+    rows = test[label].notna().to_numpy()
+    y = test.loc[rows, label].astype(int).to_numpy()
+    frame = test.loc[rows]
+    reports = {}
+    for name, candidate in fitted.items():
+        importance_ = importance(candidate.estimator, candidate.columns) if name == "xgboost" else None
+        reports[name] = evaluate_classifier(y, candidate.score(frame), feature_importance=importance_)
+    return reports
+
+
+def usable_candidates(config: ModelConfig, order: tuple[str, ...], has_btyd: bool) -> tuple[str, ...]:
+    """The family's candidates the config asks for (default all), less BG/NBD when it could not be fitted."""
+    if config.candidates is not None:
+        unknown = sorted(set(config.candidates) - set(order))
+        if unknown:
+            raise TrainingRefusedError(f"unknown candidate(s) {unknown} in the model config: use some of {list(order)}")
+        order = tuple(n for n in order if n in config.candidates)
+    return tuple(n for n in order if has_btyd or n not in BGNBD_SCORES)
+
+
+@dataclass
+class _Output:
+    """One output's candidates: the choice, and the fitted winner."""
+
+    choice: Choice
+    fitted: Fitted
+    train_rows: int
+    test_rows: int
+
+
+def _check_support(split: TimeSplit, label: str, config: ModelConfig, what: str) -> None:
+    for part, frame in (("training rows", split.train), ("test rows", split.test)):
+        labels = frame.loc[frame[label].notna(), label].astype(int)
+        check_class_support(labels, config.guards, f"{what}, {split.window}, {part}")
+
+
+def train_output(
+    split: TimeSplit,
+    validation: TimeSplit | None,
+    label: str,
+    config: ModelConfig,
+    order: tuple[str, ...],
+    what: str,
+) -> _Output:
+    """Fit the candidates on the validation split, choose there, refit them on the training cut-offs
+    and score each on the test window (reported; the choice is already made)."""
+    _check_support(split, label, config, what)
+    columns = select_features(feature_columns(split.train), config)
+    fitted = fit_candidates(split.train, label, columns, config, order)
+    test_reports = score_candidates(fitted, split.test, label)
+    if validation is None or len(fitted) == 1:
+        winner = next(iter(fitted))
+        where = "no validation window" if validation is None else "the only candidate"
+        choice = Choice(winner, f"{winner}: {where}", {}, test_reports, tuple(n for n in order if n in BASELINE_NAMES))
+    else:
+        _check_support(validation, label, config, what + " (validation)")
+        val_columns = select_features(feature_columns(validation.train), config)
+        val_fitted = fit_candidates(validation.train, label, val_columns, config, tuple(fitted))
+        val_reports = score_candidates(val_fitted, validation.test, label)
+        where = f"the validation window {validation.test_cutoff:%Y-%m-%d} + {config.horizon_days} days"
+        choice = choose_and_report(val_reports, test_reports, order, [n for n in order if n in BASELINE_NAMES], where)
+    rows = split.train[label].notna()
+    return _Output(choice, fitted[choice.winner], int(rows.sum()), int(split.test[label].notna().sum()))
+
+
+def validation_split(dataset: Dataset, config: ModelConfig, warnings: list[str]) -> TimeSplit | None:
+    """The split whose test window is the validation window (just before the real test window), or
+    None with a warning when the history is too short for one (then the winner is not chosen but the
+    first candidate of the config is used: set ``candidates`` to choose)."""
+    try:
+        split, _ = prepared_split(dataset, validation_config(dataset, config), warnings)
+    except TrainingRefusedError as exc:
+        warnings.append(f"no validation window ({exc}): candidates not compared")
+        return None
+    return split
 
 
 def train_transaction_classifier(
-    dataset: Dataset, config: ModelConfig, *, kind: str, targets: dict[str, str], family: str, registered_name: str
+    dataset: Dataset, config: ModelConfig, *, kind: str, targets: dict[str, str], family: str
 ) -> Trained:
-    """``targets``: output column -> label column; the first is the primary one."""
-    split = time_split(dataset, config)
-    btyd = None
-    if config.feed_btyd:
-        split.train = pd.concat(
-            [
-                pd.concat([group, btyd_features(group, config.horizon_days, config.penalizers)], axis=1)
-                for _, group in split.train.groupby("cutoff", sort=True)
-            ],
-            ignore_index=True,
-        )
-        btyd = fit_btyd(split.test, with_spend=False, penalizers=config.penalizers)
-        split.test = CustomerModel.add_btyd(_Holder(btyd, config.horizon_days), split.test)  # type: ignore[arg-type]
-    columns = select_features(feature_columns(split.train), config)
-    classifiers: dict[str, Any] = {}
-    reports: dict[str, Report] = {}
+    """``targets``: output column -> label column; the first is the primary one. Each output gets the
+    candidate that wins on the validation window."""
+    warnings: list[str] = []
+    split, btyd = prepared_split(dataset, config, warnings)
+    order = usable_candidates(config, candidates_for(kind), btyd is not None)
+    validation = validation_split(dataset, config, warnings) if len(order) > 1 else None
+    if validation is not None and not set(BTYD_FEATURES) <= set(validation.test.columns):
+        order = usable_candidates(config, order, False)
+    outputs: dict[str, _Output] = {}
     skipped: dict[str, str] = {}
-    primary_output, primary_label = next(iter(targets.items()))
+    primary_output = next(iter(targets))
     for output, label in targets.items():
-        train_rows = split.train[label].notna().to_numpy()
-        test_rows = split.test[label].notna().to_numpy()
-        y_train = split.train.loc[train_rows, label].astype(int).to_numpy()
-        y_test = split.test.loc[test_rows, label].astype(int).to_numpy()
-        what = f"{family} ({label}) on '{dataset.config.name}', {split.window}"
         try:
-            check_class_support(pd.Series(y_train), config.guards, what + ", training rows")
-            check_class_support(pd.Series(y_test), config.guards, what + ", test rows")
+            outputs[output] = train_output(
+                split, validation, label, config, order, f"{family} ({label}) on '{dataset.config.name}'"
+            )
         except TrainingRefusedError as exc:
             if output == primary_output:
                 raise
             skipped[output] = str(exc)  # a category too rare for a model of its own: reported, left out
-            continue
-        x_train = matrix(split.train.loc[train_rows], columns)
-        classifier = fit_classifier(x_train, y_train, config)
-        classifiers[output] = classifier
-        reports[output] = evaluate_classifier(
-            y_test,
-            classifier.predict_proba(matrix(split.test.loc[test_rows], columns))[:, 1],
-            feature_importance=importance(classifier, columns) if output == primary_output else None,
-        )
+    chosen = {output: result.fitted for output, result in outputs.items()}
+    needs_btyd = config.feed_btyd or any(set(f.all_columns) & set(BTYD_FEATURES) for f in chosen.values())
+    model = TransactionClassifier(split, dataset, chosen, btyd if needs_btyd else None, config.horizon_days)
+    return _trained(dataset, config, family, split, model, outputs, targets, skipped, warnings)
 
-    train_rows = split.train[primary_label].notna().to_numpy()
-    test_rows = split.test[primary_label].notna().to_numpy()
-    y_train = split.train.loc[train_rows, primary_label].astype(int).to_numpy()
-    y_test = split.test.loc[test_rows, primary_label].astype(int).to_numpy()
-    baselines = _bgnbd_baselines(split, config.horizon_days, y_test, test_rows, config, kind)
-    rfm = rfm_baseline(split.train.loc[train_rows], y_train, config.seed)
-    baselines["rfm_logistic_regression"] = evaluate_classifier(
-        y_test, rfm.predict_proba(split.test.loc[test_rows, list(RFM_COLUMNS)].to_numpy(dtype=float))[:, 1]
-    )
 
-    model = TransactionClassifier(split, dataset, columns, classifiers, btyd, config.horizon_days)
-    example = contract_example(dataset)
-    extra = {f"{output}_roc_auc": r.metrics["roc_auc"] for output, r in reports.items() if output != primary_output}
+def _trained(
+    dataset: Dataset,
+    config: ModelConfig,
+    family: str,
+    split: TimeSplit,
+    model: TransactionClassifier,
+    outputs: dict[str, _Output],
+    targets: dict[str, str],
+    skipped: dict[str, str],
+    warnings: list[str],
+) -> Trained:
+    primary_output, primary_label = next(iter(targets.items()))
+    primary = outputs[primary_output]
+    choice = primary.choice
     per_target = pd.DataFrame(
         [
-            {"output": o, "label": targets[o], **{k: r.metrics[k] for k in ("roc_auc", "pr_auc", "positive_rate")}}
-            for o, r in reports.items()
+            {"output": o, "label": targets[o], "candidate": r.choice.winner, **_metrics(r.choice.test[r.choice.winner])}
+            for o, r in outputs.items()
         ]
         + [{"output": o, "label": targets[o], "skipped": why} for o, why in skipped.items()]
     )
+    candidates = pd.concat([r.choice.table().assign(output=o) for o, r in outputs.items()], ignore_index=True)
+    example = contract_example(dataset)
+    extra = {f"{o}_roc_auc": r.choice.test[r.choice.winner].metrics["roc_auc"] for o, r in outputs.items()}
+    extra.pop(f"{primary_output}_roc_auc")
     return Trained(
         family=family,
-        registered_name=registered_name,
+        registered_name=registered_name(family, dataset.config.name),
         model=model,
-        report=reports[primary_output],
-        baselines=baselines,
+        report=choice.test[choice.winner],
+        baselines={n: choice.test[n] for n in choice.baselines if n in choice.test},
         test_window=f"{split.test_cutoff:%Y-%m-%d} + {config.horizon_days} days",
-        params={**params_for_logging(config), "train_cutoffs": split.window, "features": len(columns)},
+        params={**params_for_logging(config), "train_cutoffs": split.window, "features": len(model.columns)},
         input_example=example,
         output_example=model.predict(None, example, {"as_of": str(split.test_cutoff.date())}),
-        predict_params={"as_of": str(split.test_cutoff.date())},
+        predict_params={"as_of": ""},
         extra_metrics=extra,
-        tables={"targets": per_target},
-        train_rows=int(train_rows.sum()),
-        test_rows=int(test_rows.sum()),
+        tables={"targets": per_target, "candidates": candidates},
+        train_rows=primary.train_rows,
+        test_rows=primary.test_rows,
         required_inputs=list(TRANSACTION_REQUIRED),
+        candidate=choice.winner,
+        choice=choice,
+        warnings=warnings,
+        rescore=partial(_rescore, dataset, split.test_cutoff, split.test, primary_output, primary_label),
     )
+
+
+def _metrics(report: Report) -> dict[str, float]:
+    return {k: report.metrics[k] for k in ("roc_auc", "pr_auc", "positive_rate") if k in report.metrics}
+
+
+def _rescore(
+    dataset: Dataset, cutoff: pd.Timestamp, test: pd.DataFrame, output: str, label: str, champion: Any
+) -> float:
+    """Another version of this model (the current champion) scored on this run's test rows."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = champion.score_features(champion.features(dataset, cutoff))
+    rows = test.loc[test[label].notna(), ["customer_id", label]]
+    joined = rows.assign(customer_id=rows["customer_id"].astype(str)).merge(scores, on="customer_id", how="left")
+    if joined[output].isna().any():
+        raise ValueError(f"it gave no {output} for {int(joined[output].isna().sum())} test customers")
+    return float(roc_auc_score(joined[label].astype(int), joined[output]))

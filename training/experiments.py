@@ -32,14 +32,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.config import PROJECT_ROOT, ConfigError, format_validation_error
-from training import tracking
+from training import families, tracking
 from training.common import Trained
-from training.config import Family, ModelConfig, load_model_config
+from training.config import ModelConfig, load_model_config
 
 EXPERIMENT_DIR = PROJECT_ROOT / "experiments"
 # Metrics where lower is better; every other metric is maximised.
 LOWER_IS_BETTER = {"brier", "log_loss", "ece", "mae", "rmse"}
-PRIMARY = {"churn": "roc_auc", "propensity": "roc_auc", "lead_score": "roc_auc", "clv": "gini_normalized"}
 
 
 class _Strict(BaseModel):
@@ -79,7 +78,7 @@ class Experiment(_Strict):
 
     name: str = Field(min_length=1, description="MLflow experiment the sweep logs into.")
     description: str = ""
-    family: Family
+    family: str = Field(description="The model family (a file in configs/models/).")
     dataset: str = Field(min_length=1, description="Bundled dataset name or a dataset YAML path.")
     horizon_days: int | None = Field(default=None, ge=1, description="Shorthand for settings.horizon_days.")
     feature_set: list[str] = Field(
@@ -98,7 +97,7 @@ class Experiment(_Strict):
 
     @property
     def metric(self) -> str:
-        return self.primary_metric or PRIMARY[self.family]
+        return self.primary_metric or families.get(self.family).primary_metric
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
@@ -213,7 +212,7 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
     import optuna
 
     from training.customers import validation_config
-    from training.run import family_module, load_for, log_and_register, log_evaluation, run_tags
+    from training.run import load_for, log_and_register, log_evaluation, run_tags
 
     start = time.perf_counter()
     experiment = load_experiment(path)
@@ -221,8 +220,10 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
     echo(f"{experiment.name}: reading and checking '{experiment.dataset}'")
     _, base, dataset = load_for(experiment.family, experiment.dataset)
     base = apply(base, fixed_settings(experiment), where=f"{path}: settings")
+    if "candidates" not in experiment.settings:  # the search space is xgboost's: compare trials of it alone
+        base = base.model_copy(update={"candidates": ["xgboost"]})
     validation = validation_config(dataset, base)
-    train = family_module(experiment.family).train
+    train = families.get(experiment.family).train
     metric = experiment.metric
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     parent_tags = {

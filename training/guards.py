@@ -18,6 +18,10 @@ class TrainingRefusedError(RuntimeError):
     """The data cannot support the model; the message names what is missing."""
 
 
+class ShortHistoryError(TrainingRefusedError):
+    """Too little history for the horizon: a shorter horizon may fit (``make train`` tries them)."""
+
+
 def check_class_support(labels: pd.Series, guards: Guards, what: str) -> None:
     values = pd.to_numeric(labels, errors="coerce").dropna()
     positives, negatives = int((values == 1).sum()), int((values == 0).sum())
@@ -33,7 +37,7 @@ def check_history(first_day: pd.Timestamp, test_cutoff: pd.Timestamp, horizon_da
     needed = pd.Timedelta(days=guards.history_horizons * horizon_days)
     have = pd.Timestamp(test_cutoff) - pd.Timestamp(first_day)
     if have < needed:
-        raise TrainingRefusedError(
+        raise ShortHistoryError(
             f"{have.days} days of history before the test cut-off {pd.Timestamp(test_cutoff):%Y-%m-%d}, but "
             f"{guards.history_horizons:g} x {horizon_days} = {needed.days} days are needed; use a shorter "
             "horizon_days or more history"

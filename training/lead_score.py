@@ -4,15 +4,28 @@ tier, and per lead the attributes raising and lowering its score most (see :mod:
 from __future__ import annotations
 
 from features.io import Dataset
+from training.candidates import SNAPSHOT_BASELINES, SNAPSHOT_CANDIDATES
 from training.common import Trained
 from training.config import ModelConfig
+from training.families import Family
 from training.snapshot import train_snapshot
 
-FAMILY = "lead_score"
-REGISTERED_NAME = "valuecast-lead-score"
+NAME = "lead_score"
 
 
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
-    return train_snapshot(
-        dataset, config, kind="leads", label="converted", family=FAMILY, registered_name=REGISTERED_NAME
-    )
+    return train_snapshot(dataset, config, kind="leads", label="converted", family=NAME)
+
+
+FAMILY = Family(
+    name=NAME,
+    help="Lead score: P(a lead converts), a 0-100 score, hot/warm/cold, the top reasons up and down.",
+    label="converted",
+    primary_metric="roc_auc",
+    candidates=SNAPSHOT_CANDIDATES,
+    baselines=SNAPSHOT_BASELINES,
+    outputs=("probability", "score", "tier", "reasons_up", "reasons_down"),
+    tables=("leads",),
+    entity="lead",
+    train=train,
+)

@@ -17,8 +17,9 @@ import pandas as pd
 
 from features.config import PROJECT_ROOT
 from features.io import DatasetMissingError, atomic_path
+from training import families
 from training.common import Trained
-from training.run import family_module, load_for
+from training.run import load_for
 
 PLAN = (
     ("cdnow", "clv"),
@@ -105,7 +106,7 @@ def build(echo: Callable[[str], None] = print) -> str:
         except DatasetMissingError as exc:
             skipped.append(f"- {family} on {data}: skipped, {exc}")
             continue
-        trained = family_module(family).train(dataset, config)
+        trained = families.get(family).train(dataset, config)
         seconds = time.perf_counter() - start
         results[(data, family)] = trained
         extra = ""
@@ -122,11 +123,11 @@ def build(echo: Callable[[str], None] = print) -> str:
         )
     checks = []
     for target in TARGETS:
-        trained = results.get((target.dataset, target.family))
-        if trained is None:
+        result = results.get((target.dataset, target.family))
+        if result is None:
             checks.append(f"| {target.text} | not run (data absent) | |")
             continue
-        met, detail = target.check(trained)
+        met, detail = target.check(result)
         checks.append(f"| {target.text} | {'met' if met else '**missed**'} | {detail} |")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (

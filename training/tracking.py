@@ -30,6 +30,18 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def redacted(uri: str) -> str:
+    """A URI fit to print or log: user name and password replaced (``https://***@host/``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def artifact_root() -> str:
     return os.environ.get("VALUECAST_ARTIFACT_ROOT") or (PROJECT_ROOT / "mlruns").as_uri()
 
@@ -202,6 +214,26 @@ def log_model(
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A new version's figures on its test window, what the promotion gate reads."""
+
+    metric: str
+    value: float
+    test_window: str
+    candidate: str
+    baselines: Mapping[str, float]
+    family: str
+    dataset: str
+    description: str = ""
+
+    def best_baseline(self) -> tuple[str, float]:
+        if not self.baselines:
+            return "", float("nan")
+        name = max(self.baselines, key=lambda k: self.baselines[k])
+        return name, float(self.baselines[name])
+
+
+@dataclass(frozen=True)
 class Promotion:
     """The registry's answer to a new version: which alias it got and why."""
 
@@ -212,23 +244,20 @@ class Promotion:
     new_value: float
     champion_value: float | None
     champion_version: str | None
+    reason: str = ""
 
     @property
     def promoted(self) -> bool:
         return self.alias == CHAMPION
 
     def message(self) -> str:
-        if self.champion_value is None:
-            first = f"{self.registered_name} v{self.version}: first version, now {self.alias}"
-            return f"{first} ({self.metric} {self.new_value:.4f})"
-        verb = "beats" if self.promoted else "does not beat"
-        return (
-            f"{self.registered_name} v{self.version} ({self.metric} {self.new_value:.4f}) {verb} "
-            f"{CHAMPION} v{self.champion_version} ({self.champion_value:.4f}): now {self.alias}"
-        )
+        figure = f"{self.metric} {self.new_value:.4f}"
+        return f"{self.registered_name} v{self.version} ({figure}): {self.alias}, {self.reason}"
 
 
 CHAMPION_HISTORY = "champion_history"
+# A baseline within this much of the new version on the same test window counts as a tie.
+TIE_TOLERANCE = 0.001
 
 
 def _champion(client: Any, registered_name: str) -> Any | None:
@@ -238,6 +267,18 @@ def _champion(client: Any, registered_name: str) -> Any | None:
         return client.get_model_version_by_alias(registered_name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def load_champion(registered_name: str) -> tuple[str, Any] | None:
+    """The current champion's version and its Python model (None when there is none)."""
+    import mlflow
+
+    client = connect()
+    current = _champion(client, registered_name)
+    if current is None:
+        return None
+    model = mlflow.pyfunc.load_model(f"models:/{registered_name}/{current.version}").unwrap_python_model()
+    return str(current.version), model
 
 
 def _history(client: Any, registered_name: str, current: Any | None) -> list[str]:
@@ -272,53 +313,86 @@ def move_champion(client: Any, registered_name: str, version: str, reason: str) 
     return previous
 
 
+def gate(new: Candidate, champion_version: str | None, champion_value: float | None, note: str) -> tuple[bool, str]:
+    """Whether a new version may become champion, and why: at least as good on its test window as
+    every baseline (ties within TIE_TOLERANCE) and as the current champion re-scored on the same rows."""
+    best_name, best_value = new.best_baseline()
+    if best_name and new.value < best_value - TIE_TOLERANCE:
+        return False, f"loses to the baseline {best_name} ({best_value:.4f}) on the same test window"
+    versus = f" and baseline {best_name} {best_value:.4f}" if best_name else ""
+    if champion_version is None:
+        return True, f"first version; {new.candidate} wins on validation{versus}"
+    if champion_value is None:
+        return True, f"current champion {note}; promoted on the baseline gate{versus}"
+    if new.value < champion_value:
+        return False, f"current champion v{champion_version} scores {champion_value:.4f} on the same test rows"
+    return True, f"at least as good as champion v{champion_version} ({champion_value:.4f} on the same rows){versus}"
+
+
 def register_and_promote(
     model_uri: str,
     registered_name: str,
+    new: Candidate,
     *,
-    metric: str,
-    value: float,
-    test_window: str,
     run_id: str,
+    champion_rescored: float | None = None,
+    champion_note: str = "",
     promote: bool = True,
 ) -> Promotion:
-    """Register a version; alias it ``champion`` only if it beats the champion on the same test window.
+    """Register a version; alias it ``champion`` only if it passes :func:`gate`.
 
-    The champion's figure is read from its version tags (``metric``/``test_window``), so two versions
-    are compared only when they were scored on the same window; otherwise the new one is a challenger.
-    Higher is better for every primary metric (ROC AUC, normalized Gini). With ``promote=False`` (the
-    best model of a sweep) the version is a challenger whatever its figure: a person promotes it.
+    ``champion_rescored`` is the current champion's primary metric on the new version's test rows
+    (computed by the caller, which has the data); the new version, the baselines and the champion are
+    compared on the same rows. Higher is better for every primary metric (ROC AUC, normalized Gini).
+    With ``promote=False`` (the best model of a sweep) the version is a challenger whatever its
+    figures: a person promotes it. Both figures and the reason are recorded on the version.
     """
     import mlflow
 
     client = connect()
     version = mlflow.register_model(model_uri, registered_name)
-    for key, tag in (("primary_metric", metric), ("primary_value", repr(float(value))), ("test_window", test_window)):
-        client.set_model_version_tag(registered_name, version.version, key, tag)
-
-    champion_value = champion_version = None
+    number = str(version.version)
+    client.set_registered_model_tag(registered_name, "family", new.family)
+    client.set_registered_model_tag(registered_name, "dataset", new.dataset)
+    best_name, best_value = new.best_baseline()
     current = _champion(client, registered_name)
-    if current is not None:
-        champion_version = str(current.version)
-        same_window = current.tags.get("test_window") == test_window and current.tags.get("primary_metric") == metric
-        if same_window:
-            champion_value = float(current.tags["primary_value"])
-    better = current is None or (champion_value is not None and value > champion_value)
-    alias = CHAMPION if better and promote else CHALLENGER
-    if current is not None and champion_value is None:
-        champion_value = float("nan")  # a champion scored on another window: no comparison possible
-    if alias == CHAMPION:
-        move_champion(client, registered_name, str(version.version), f"trained, {metric} {value:.4f} (run {run_id})")
+    champion_version = str(current.version) if current is not None and str(current.version) != number else None
+    if promote:
+        passes, reason = gate(new, champion_version, champion_rescored, champion_note)
     else:
-        client.set_registered_model_alias(registered_name, alias, version.version)
+        passes, reason = False, "a sweep's best: promote it with make promote after review"
+    alias = CHAMPION if passes else CHALLENGER
+    tags = {
+        "family": new.family,
+        "dataset": new.dataset,
+        "primary_metric": new.metric,
+        "primary_value": repr(float(new.value)),
+        "test_window": new.test_window,
+        "candidate": new.candidate,
+        "best_baseline": best_name,
+        "best_baseline_value": repr(best_value),
+        "champion_value_rescored": repr(champion_rescored),
+        "promotion_reason": reason,
+    }
+    for key, tag in tags.items():
+        client.set_model_version_tag(registered_name, number, key, tag)
+    if new.description:
+        client.update_model_version(registered_name, number, description=new.description)
+    if alias == CHAMPION:
+        move_champion(
+            client, registered_name, number, f"trained, {new.metric} {new.value:.4f} (run {run_id}): {reason}"
+        )
+        client.update_registered_model(registered_name, description=new.description)
+    else:
+        client.set_registered_model_alias(registered_name, alias, number)
     promotion = Promotion(
-        registered_name, str(version.version), alias, metric, float(value), champion_value, champion_version
+        registered_name, number, alias, new.metric, float(new.value), champion_rescored, champion_version, reason
     )
     client.set_tag(run_id, "promotion", promotion.message())
     client.set_tag(run_id, "promotion_alias", alias)
-    client.set_tag(run_id, "promotion_new_value", repr(float(value)))
-    client.set_tag(run_id, "promotion_champion_value", repr(champion_value))
-    client.set_tag(run_id, "registered_version", str(version.version))
+    client.set_tag(run_id, "promotion_new_value", repr(float(new.value)))
+    client.set_tag(run_id, "promotion_champion_value", repr(champion_rescored))
+    client.set_tag(run_id, "registered_version", number)
     return promotion
 
 
@@ -410,6 +484,90 @@ def rollback(registered_name: str) -> AliasMove:
         f"{float(tags['primary_value']):.4f}" if "primary_value" in tags else "",
         tags.get("test_window", ""),
     )
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None and value not in ("", "None") else None
+    except ValueError:
+        return None
+
+
+def registered_models() -> list[dict[str, Any]]:
+    """Every per-dataset registered model with its champion's figures, read from the registry only."""
+    from training.families import parse_registered_name
+
+    client = connect()
+    rows = []
+    for model in client.search_registered_models(filter_string="name LIKE 'valuecast-%'"):
+        parsed = parse_registered_name(model.name)
+        if parsed is None:
+            continue
+        family, dataset = parsed
+        version_number = model.aliases.get(CHAMPION) if model.aliases else None
+        row: dict[str, Any] = {
+            "name": model.name,
+            "dataset": model.tags.get("dataset", dataset),
+            "family": model.tags.get("family", family),
+            "champion_version": str(version_number) if version_number is not None else None,
+            "candidate": None,
+            "metric": None,
+            "test_value": None,
+            "best_baseline": None,
+            "best_baseline_value": None,
+            "trained_at": None,
+        }
+        if version_number is not None:
+            version = client.get_model_version(model.name, str(version_number))
+            tags = version.tags
+            row |= {
+                "candidate": tags.get("candidate"),
+                "metric": tags.get("primary_metric"),
+                "test_value": _float(tags.get("primary_value")),
+                "best_baseline": tags.get("best_baseline") or None,
+                "best_baseline_value": _float(tags.get("best_baseline_value")),
+                "trained_at": pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC").isoformat(),
+            }
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["dataset"], r["family"]))
+
+
+def migrate_legacy(echo: Any = print) -> list[str]:
+    """Move the champions of the one-per-family registered models of earlier versions
+    (``valuecast-churn``) to the per-dataset names (``valuecast-churn-cdnow``, the dataset read from the
+    training run's tags), once, with one line each. The old models stay, tagged ``migrated_to``."""
+    import mlflow
+
+    from training.families import legacy_name, names, registered_name
+
+    client = connect()
+    lines = []
+    for family in names():
+        old = legacy_name(family)
+        try:
+            model = client.get_registered_model(old)
+        except mlflow.exceptions.MlflowException:
+            continue
+        if "migrated_to" in model.tags:
+            continue
+        current = _champion(client, old)
+        if current is None:
+            client.set_registered_model_tag(old, "migrated_to", "(no champion to migrate)")
+            continue
+        dataset = str(client.get_run(current.run_id).data.tags.get("dataset", ""))
+        new = registered_name(family, dataset)
+        copied = client.copy_model_version(f"models:/{old}/{current.version}", new)
+        for key, value in current.tags.items():
+            client.set_model_version_tag(new, copied.version, key, value)
+        client.set_registered_model_tag(new, "family", family)
+        client.set_registered_model_tag(new, "dataset", dataset)
+        if _champion(client, new) is None:
+            move_champion(client, new, str(copied.version), f"migrated from {old} v{current.version}")
+        client.set_registered_model_tag(old, "migrated_to", f"{new} v{copied.version}")
+        line = f"migrated {old} v{current.version} (dataset {dataset}) to {new} v{copied.version}; {old} is kept"
+        echo(line)
+        lines.append(line)
+    return lines
 
 
 def search_runs(experiment: str) -> pd.DataFrame:

@@ -309,39 +309,56 @@ def _demo_segments(out: Path) -> None:
 @app.command()
 def train(
     data: DataOption,
-    model: Annotated[str, typer.Option("--model", "-m", help="churn, propensity, lead_score, clv, or all.")] = "all",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="A family (churn, propensity, clv, lead_score...) or all.")
+    ] = "all",
     config: Annotated[
-        Path | None, typer.Option(help="Model config YAML (default configs/models/<model>.yaml); one model only.")
+        Path | None,
+        typer.Option(
+            help="Model config YAML: one family's (with family:), or sections per family (churn: {...}) over the "
+            "shipped configs, which works with --model all too."
+        ),
     ] = None,
 ) -> None:
-    """Train, evaluate against the baselines, log to MLflow, register, and promote when better."""
+    """Train every candidate, choose on validation data, log to MLflow, register per dataset, and promote
+    when at least as good as every baseline and the current champion on the same test rows. With
+    --model all: every family the data supports; one table at the end; exit 1 only if none trained."""
     _quiet_libraries()
     _quiet_mlflow()
-    from features.config import load_dataset_config
+    from training import families
     from training.guards import TrainingRefusedError
-    from training.run import families_for, metrics_frame, train_and_log
+    from training.run import Outcome, Refusal, summary_frame, train_and_log
 
     with user_errors():
         if model == "all":
-            if config is not None:
-                fail("--config (CONFIG=) applies to one model: set MODEL=churn|propensity|lead_score|clv")
-            families = families_for(load_dataset_config(data))
+            dataset = _load(data, None)
+            chosen = families.supported(dataset.config)
         else:
-            families = [model]
-        outcomes = []
-        for family in families:
+            families.check_name(model)
+            dataset = _load(data, None)
+            chosen = [model]
+        results: list[Outcome | Refusal] = []
+        for family in chosen:
             try:
-                outcome = train_and_log(family, data, config_path=config, echo=lambda m: typer.echo(m, err=True))
+                outcome = train_and_log(
+                    family, data, config_path=config, echo=lambda m: typer.echo(m, err=True), dataset=dataset
+                )
             except TrainingRefusedError as exc:
-                fail(f"{family}: training refused: {exc}")
-            outcomes.append(outcome)
+                typer.echo(f"{family}: training refused: {exc}", err=True)
+                results.append(Refusal(family, str(exc)))
+                continue
+            results.append(outcome)
             for line in outcome.summary():
                 typer.echo(line)
             typer.echo(f"  ({outcome.seconds:.1f}s)")
-        if len(outcomes) > 1:
-            typer.echo(
-                metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format)
-            )
+    if model != "all":
+        if isinstance(results[0], Refusal):
+            fail(f"{model}: training refused: {results[0].reason}", code=1)
+        return
+    with pd.option_context("display.width", 250, "display.max_colwidth", 90):
+        typer.echo(summary_frame(results).to_string(index=False))
+    if not any(isinstance(r, Outcome) for r in results):
+        fail(f"no family could be trained on '{data}'", code=1)
 
 
 @app.command()
@@ -440,16 +457,18 @@ def score(
     typer.echo(summary_table(result))
 
 
-FamilyOption = Annotated[str, typer.Option("--model", "-m", help="Model family: churn, propensity, lead_score, clv.")]
+FamilyOption = Annotated[str, typer.Option("--model", "-m", help="Model family: churn, propensity, clv, lead_score...")]
 
 
-def _registered_name(family: str) -> str:
-    from training.config import FAMILIES
-    from training.run import family_module
+def _registered_name(family: str, data: str) -> str:
+    """The registered model of a family on a dataset (``valuecast-<family>-<dataset>``)."""
+    from features.config import ConfigError, load_dataset_config
+    from training import families
 
-    if family not in FAMILIES:
-        fail(f"unknown model '{family}': use one of {', '.join(FAMILIES)}")
-    return str(family_module(family).REGISTERED_NAME)
+    try:
+        return families.registered_name(family, load_dataset_config(data).name)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -510,14 +529,16 @@ def compare(
 @app.command()
 def promote(
     model: FamilyOption,
+    data: DataOption,
     version: Annotated[str, typer.Option(help="Registered version to make the champion.")],
 ) -> None:
-    """Point the family's champion alias at VERSION (recorded as tags); the API serves it after a reload."""
+    """Point the champion alias of the family's model for DATA at VERSION (recorded as tags); the API
+    serves it after a reload."""
     _quiet_mlflow()
     from training import tracking
 
     try:
-        moved = tracking.promote(_registered_name(model), version)
+        moved = tracking.promote(_registered_name(model, data), version)
     except tracking.RegistryError as exc:
         fail(str(exc))
     typer.echo(moved.message("promoted"))
@@ -525,17 +546,54 @@ def promote(
 
 
 @app.command()
-def rollback(model: FamilyOption) -> None:
-    """Move the family's champion alias back to the previous champion (recorded as tags)."""
+def rollback(model: FamilyOption, data: DataOption) -> None:
+    """Move the champion alias of the family's model for DATA back to the previous champion (recorded
+    as tags)."""
     _quiet_mlflow()
     from training import tracking
 
     try:
-        moved = tracking.rollback(_registered_name(model))
+        moved = tracking.rollback(_registered_name(model, data))
     except tracking.RegistryError as exc:
         fail(str(exc))
     typer.echo(moved.message("rolled back"))
     typer.echo("the running API switches after: make reload")
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects (for scripts).")] = False,
+) -> None:
+    """Every registered model: dataset, family, champion version, the winning candidate, its test metric
+    and the best baseline's, and when it was trained. Reads the registry only."""
+    import json
+
+    _quiet_mlflow()
+    from training import tracking
+
+    tracking.migrate_legacy(echo=lambda m: typer.echo(m, err=True))
+    rows = tracking.registered_models()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no registered models in {tracking.redacted(tracking.tracking_uri())}: run make train DATA=...")
+        return
+    table = pd.DataFrame(rows)[
+        [
+            "dataset",
+            "family",
+            "champion_version",
+            "candidate",
+            "metric",
+            "test_value",
+            "best_baseline",
+            "best_baseline_value",
+            "trained_at",
+        ]
+    ]
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        typer.echo(table.to_string(index=False, float_format="{:.4f}".format))
 
 
 @app.command()
