@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from features.config import ConfigError
-from training.config import FAMILIES, Guards, load_model_config
+from training.config import Guards, load_model_config
+from training.families import names
 from training.guards import (
     TrainingRefusedError,
     check_class_support,
@@ -19,7 +20,7 @@ from training.guards import (
 )
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", names())
 def test_shipped_configs_load(family: str) -> None:
     assert load_model_config(family).family == family
 

@@ -146,7 +146,14 @@ def fit_btyd(
                 spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_weights
             )
 
-        gamma_gamma, gg_penalizer, more = _try_penalizers(fit_gamma_gamma, penalizers, "Gamma-Gamma")
+        def finite_mean(model: object) -> str | None:
+            """Gamma-Gamma's population mean order value is p v / (q - 1): with q <= 1 (very heavy-tailed
+            order values, e.g. a few huge orders in a small shop) it is infinite, and every expected
+            value built on it is meaningless."""
+            q = float(model.params_["q"])  # type: ignore[attr-defined]
+            return None if q > 1.0 else f"q = {q:.3g} <= 1 (the mean order value is infinite)"
+
+        gamma_gamma, gg_penalizer, more = _try_penalizers(fit_gamma_gamma, penalizers, "Gamma-Gamma", finite_mean)
         attempts += more
     return BTYDModel(bgnbd, gamma_gamma, bg_penalizer, gg_penalizer, attempts)
 

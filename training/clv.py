@@ -292,7 +292,7 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
         },
         input_example=example,
         output_example=model.predict(None, example, {"as_of": as_of}),
-        predict_params={"as_of": ""},
+        predict_params={"as_of": "", "output": "customers"},
         tables={
             "candidates": choice.table(),
             "deciles": choice.test[choice.winner].tables.get("deciles", pd.DataFrame()),

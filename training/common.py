@@ -284,11 +284,21 @@ class CustomerModel(PythonModel):
         return pd.DataFrame({"customer_id": ids, **self.score_columns(features)})
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Scores as of ``params['as_of']`` or, when it is absent or empty, as of the day after the latest
+        transaction in ``model_input`` (never a date frozen at training). ``params['output']``:
+        ``customers`` (default) gives one row per customer; ``rows`` gives each input row its
+        customer's scores, in input order, as ``mlflow.pyfunc.spark_udf`` needs (each customer's rows
+        must then arrive in one batch, and as_of should be given: a batch only sees its own rows)."""
+        params = params or {}
         dataset = request_dataset(self.dataset_config, model_input)
-        as_of = (params or {}).get("as_of") or (
+        as_of = params.get("as_of") or (
             dataset.transactions.frame["timestamp"].max().normalize() + pd.Timedelta(days=1)  # type: ignore[union-attr]
         )
-        return self.score_features(self.features(dataset, as_of))
+        scores = self.score_features(self.features(dataset, as_of))
+        if params.get("output", "customers") != "rows":
+            return scores
+        ids = model_input["customer_id"].astype(str).to_numpy()
+        return scores.set_index("customer_id").reindex(ids).reset_index()
 
 
 def contract_example(dataset: Dataset, customers: int = 3) -> pd.DataFrame:

@@ -105,12 +105,7 @@ class ModelConfig(_Strict):
     guards: Guards = Guards()
 
 
-def load_model_config(family: str, dataset: str | None = None, path: Path | None = None) -> ModelConfig:
-    """The family's config, with the overrides its file lists for ``dataset`` applied."""
-    from training.families import check_name
-
-    check_name(family)
-    path = path or MODEL_CONFIG_DIR / f"{family}.yaml"
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
@@ -119,16 +114,45 @@ def load_model_config(family: str, dataset: str | None = None, path: Path | None
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def load_model_config(family: str, dataset: str | None = None, path: Path | None = None) -> ModelConfig:
+    """The family's config, with the overrides its file lists for ``dataset`` applied.
+
+    ``path`` is either one family's config (it has ``family:``; it replaces the shipped file) or a file of
+    sections per family (``churn: {...}``, ``clv: {...}``), each merged over the shipped config and its
+    dataset overrides, so that one file can tune every family of ``make train MODEL=all``.
+    """
+    from training.families import check_name, names
+
+    check_name(family)
+    shipped = MODEL_CONFIG_DIR / f"{family}.yaml"
+    raw = _read_yaml(path or shipped)
+    sections: dict[str, Any] = {}
+    if path is not None and "family" not in raw:
+        unknown = sorted(set(raw) - set(names()))
+        if unknown or not raw:
+            raise ConfigError(
+                f"{path}: a model config needs 'family:', or sections named after families "
+                f"({', '.join(names())}); unknown key(s) {unknown}"
+            )
+        section = raw.get(family) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: section '{family}' must be a mapping of model-config keys")
+        sections, raw = section, _read_yaml(shipped)
     overrides: dict[str, Any] = (raw.pop("datasets", None) or {}).get(dataset or "", {}) or {}
-    merged = _merge(raw, overrides)
+    merged = _merge(_merge(raw, overrides), sections)
     merged.setdefault("family", family)
+    where_file = path or shipped
     if merged["family"] != family:
-        raise ConfigError(f"{path}: family is '{merged['family']}' but the file is for '{family}'")
+        raise ConfigError(f"{where_file}: family is '{merged['family']}' but the file is for '{family}'")
     try:
         return ModelConfig.model_validate(merged)
     except ValidationError as exc:
         where = f" (with the overrides for dataset '{dataset}')" if overrides else ""
-        raise ConfigError(f"{path}{where}: {format_validation_error(exc)}") from exc
+        where += f" (section '{family}')" if sections else ""
+        raise ConfigError(f"{where_file}{where}: {format_validation_error(exc)}") from exc
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

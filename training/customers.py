@@ -393,7 +393,7 @@ def _trained(
         params={**params_for_logging(config), "train_cutoffs": split.window, "features": len(model.columns)},
         input_example=example,
         output_example=model.predict(None, example, {"as_of": str(split.test_cutoff.date())}),
-        predict_params={"as_of": ""},
+        predict_params={"as_of": "", "output": "customers"},
         extra_metrics=extra,
         tables={"targets": per_target, "candidates": candidates},
         train_rows=primary.train_rows,
