@@ -86,7 +86,12 @@ class FileOptions(_Strict):
 class LabelSource(FileOptions):
     """A second file whose ids are the positive cases, e.g. the leads that became won deals."""
 
-    id_column: str = Field(description="Column of that file holding the lead id, e.g. 'Deal Lead ID'.")
+    id_column: str = Field(description="Column of that file holding the lead's id, e.g. 'Deal Lead ID'.")
+    lead_column: str | None = Field(
+        default=None,
+        description="Column of the leads file those ids are matched against (e.g. 'Email' for a file "
+        "without lead ids); default: the column mapped to lead_id.",
+    )
 
 
 class TableConfig(FileOptions):
@@ -230,8 +235,11 @@ class DatasetConfig(_Strict):
                 raise ValueError("label_from is for leads only (converted = the lead's id is in that file)")
             if "converted" in table.columns or "converted" in table.derived:
                 raise ValueError("converted comes from a column or from label_from, not both: remove one")
-            if "lead_id" not in table.columns:
-                raise ValueError("label_from joins on the lead id: map lead_id under leads.columns")
+            if "lead_id" not in table.columns and table.label_from.lead_column is None:
+                raise ValueError(
+                    "label_from joins on the lead id: map lead_id under leads.columns, or name the leads "
+                    "column to match with label_from.lead_column"
+                )
         collisions = attribute_name_collisions(table.attributes or [])
         if collisions:
             raise ValueError("; ".join(collisions) + ": rename the column in the file, or leave it out of attributes")

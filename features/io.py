@@ -352,7 +352,7 @@ def _check(raw: RawTable, table: TableConfig, config: DatasetConfig, kind: Kind,
     return _with_read_problems(checked, raw)
 
 
-def _join_label(config: DatasetConfig, table: TableConfig, checked: Checked) -> Checked:
+def _join_label(config: DatasetConfig, table: TableConfig, leads: RawTable, checked: Checked) -> Checked:
     """converted from a second file (``label_from``): 1 for the leads whose id it lists."""
     source = table.label_from
     assert source is not None
@@ -364,7 +364,17 @@ def _join_label(config: DatasetConfig, table: TableConfig, checked: Checked) -> 
             f"{path}: leads.label_from.id_column '{source.id_column}' is not a column; the file's columns "
             f"are {columns}. Fix label_from in {config.source_file}"
         )
-    joined = label_from_ids(checked, won.frame[source.id_column], won.frame[ROW], str(path), source.id_column)
+    if source.lead_column is None:
+        keys = checked.frame["lead_id"]
+    elif source.lead_column in leads.frame.columns:
+        keys = leads.frame.set_index(ROW)[source.lead_column].reindex(checked.frame[ROW].to_numpy())
+    else:
+        columns = [c for c in leads.frame.columns if c != ROW]
+        raise DataError(
+            f"leads.label_from.lead_column '{source.lead_column}' is not a column of the leads file; "
+            f"its columns are {columns}. Fix label_from in {config.source_file}"
+        )
+    joined = label_from_ids(checked, keys, won.frame[source.id_column], won.frame[ROW], str(path), source.id_column)
     return replace(joined, problems=joined.problems + won.problems)
 
 
@@ -388,7 +398,7 @@ def load_dataset(
         seen_columns |= set(raw.frame.columns)
         checked = _check(raw, table, config, kind, str(path), as_of=as_of, now=now)
         if table.label_from is not None:
-            checked = _join_label(config, table, checked)
+            checked = _join_label(config, table, raw, checked)
         setattr(dataset, kind, checked)
     unknown = sorted(set(config.value_maps) - seen_columns)
     if unknown and set(kinds) == {"transactions", "customers", "leads"}:

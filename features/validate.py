@@ -483,7 +483,7 @@ def lead_calendar(created_at: pd.Series, written: pd.Series) -> dict[str, pd.Ser
     """Model inputs from when a lead came in: day of week (0 = Monday), month, and the hour when the
     dates carry a time of day (a ':' in the text, or a time other than midnight in a date column)."""
     calendar = {
-        "created_dow": created_at.dt.dayofweek.astype("float64"),
+        "created_dow": created_at.dt.day_of_week.astype("float64"),
         "created_month": created_at.dt.month.astype("float64"),
     }
     if pd.api.types.is_datetime64_any_dtype(written.dtype):
@@ -569,6 +569,8 @@ def _add_attributes(
     """Every file column not mapped, excluded or used by a rule (or the configured list) as is;
     text numbers written with a decimal comma become numbers."""
     used = set(table.columns.values()) | set(table.exclude)
+    if table.label_from is not None and table.label_from.lead_column:
+        used.add(table.label_from.lead_column)  # a join key (an e-mail), not something to learn from
     if config.category_keywords:
         used.add(config.category_keywords.source)
     for expression in table.derived.values():
@@ -648,17 +650,19 @@ def _flag_dates_outside(
         )
 
 
-def label_from_ids(checked: Checked, won_ids: pd.Series, won_rows: pd.Series, source: str, column: str) -> Checked:
-    """``converted`` = 1 for leads whose id is among ``won_ids`` (another file's id column), else 0.
+def label_from_ids(
+    checked: Checked, lead_keys: pd.Series, won_ids: pd.Series, won_rows: pd.Series, source: str, column: str
+) -> Checked:
+    """``converted`` = 1 for leads whose key is among ``won_ids`` (another file's id column), else 0.
 
-    Won ids that match no usable lead are reported (count and the first few) as not used: they are
-    usually ids written differently in the two files, or leads quarantined for another reason.
+    ``lead_keys`` is aligned with ``checked.frame`` (its lead ids, or another column of the leads
+    file such as an e-mail). Won ids that match no usable lead are reported (count and the first
+    few) as not used: usually ids written differently in the two files, or quarantined leads.
     """
-    won = _normalise_ids(won_ids.reset_index(drop=True))
-    known = set(won.dropna().astype(str))
-    lead_ids = checked.frame["lead_id"].astype("string")
-    frame = checked.frame.assign(converted=lead_ids.isin(known).astype("float64").to_numpy())
-    unmatched = (won.notna() & ~won.astype("string").isin(set(lead_ids.dropna()))).to_numpy(dtype=bool)
+    keys = _normalise_ids(lead_keys.reset_index(drop=True)).astype("string")
+    won = _normalise_ids(won_ids.reset_index(drop=True)).astype("string")
+    frame = checked.frame.assign(converted=keys.isin(set(won.dropna())).astype("float64").to_numpy())
+    unmatched = (won.notna() & ~won.isin(set(keys.dropna()))).to_numpy(dtype=bool)
     problems = list(checked.problems)
     if unmatched.any():
         examples = list(dict.fromkeys(won[unmatched].astype(str)))[:FIRST_ROWS_SHOWN]
@@ -670,7 +674,7 @@ def label_from_ids(checked: Checked, won_ids: pd.Series, won_rows: pd.Series, so
                 f"hold ids that match no usable lead (e.g. {examples})",
                 int(unmatched.sum()),
                 rows,
-                "check that this column holds the same ids as the leads' lead_id column",
+                "check that this column holds the same ids as the leads file's id column",
                 outcome="not used",
             )
         )
