@@ -261,3 +261,17 @@ def test_dates_are_read_in_one_order(values: list[str], date_format: str | None,
 def test_dates_that_read_both_ways_are_an_error_without_date_format(values: list[str]) -> None:
     with pytest.raises(AmbiguousDatesError):
         parse_dates(pd.Series(values, dtype="string"))
+
+
+def test_every_yaml_example_of_the_data_contract_is_a_valid_config() -> None:
+    import re
+
+    import yaml
+
+    from features.config import PROJECT_ROOT, DatasetConfig
+
+    text = (PROJECT_ROOT / "docs" / "data-contract.md").read_text()
+    examples = [block for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if block.startswith("name:")]
+    assert len(examples) >= 3
+    for block in examples:
+        DatasetConfig.model_validate(yaml.safe_load(block))
