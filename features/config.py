@@ -8,12 +8,16 @@ the ``lifetimes`` package ships (CDNOW).
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from features.attributes import attribute_slug
+from features.expressions import ExpressionError, parse_expression
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CONFIG_DIR = PROJECT_ROOT / "configs" / "data"
@@ -23,6 +27,15 @@ TRANSACTION_REQUIRED = ("customer_id", "timestamp", "amount")
 TRANSACTION_OPTIONAL = ("order_id", "quantity", "product_id", "category", "channel")
 CUSTOMER_OPTIONAL = ("signup_date", "cancellation_date", "churned", "do_not_contact", "opted_out")
 LEAD_OPTIONAL = ("created_at", "converted")
+# Model inputs derived from a lead's created_at (day of week 0 = Monday, month 1-12, hour 0-23).
+LEAD_CALENDAR = ("created_dow", "created_month", "created_hour")
+CONTRACT_NAMES = frozenset(
+    {*TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL, "customer_id", *CUSTOMER_OPTIONAL, "lead_id", *LEAD_OPTIONAL}
+)
+# Words for date_format that fix only the order of day and month, for dates such as 01-02-2018.
+DATE_ORDERS = ("day_first", "month_first")
+# Characters a text file is often separated by; a header holding one of them did not split.
+LIKELY_SEPARATORS = (";", "\t", "|", ",")
 
 
 class ConfigError(ValueError):
@@ -33,26 +46,76 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TableConfig(_Strict):
-    """One input table: a file, how to read it, and how its columns map onto the contract."""
+class FileOptions(_Strict):
+    """Where a text or Parquet file is and how its bytes are read."""
 
     path: str = Field(description="File path, relative to the data root, absolute, or 'lifetimes:<file>'.")
     format: Literal["csv", "parquet", "whitespace"] | None = Field(
         default=None, description="File format; inferred from the file ending when absent."
     )
+    column_names: list[str] | None = Field(
+        default=None, description="Names of the columns of a text file without a header row, in file order."
+    )
+    separator: str = Field(
+        default=",", min_length=1, max_length=1, description="CSV field separator, e.g. ';' or a tab."
+    )
+    encoding: str = Field(default="utf-8", description="Text encoding of a CSV file, e.g. 'latin-1' or 'cp1252'.")
+    encoding_errors: Literal["fail", "quarantine"] = Field(
+        default="fail",
+        description="Lines with bytes that are not valid in the encoding: stop with the line number "
+        "(fail), or quarantine those lines with their reason.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding '{encoding}'; use e.g. utf-8, latin-1 or cp1252") from exc
+        return encoding
+
+    @field_validator("separator")
+    @classmethod
+    def _usable_separator(cls, separator: str) -> str:
+        if separator in ('"', "\n", "\r") or separator.isalnum():
+            raise ValueError(f"{separator!r} cannot separate fields; use e.g. ',', ';', '|' or a tab")
+        return separator
+
+
+class LabelSource(FileOptions):
+    """A second file whose ids are the positive cases, e.g. the leads that became won deals."""
+
+    id_column: str = Field(description="Column of that file holding the lead's id, e.g. 'Deal Lead ID'.")
+    lead_column: str | None = Field(
+        default=None,
+        description="Column of the leads file those ids are matched against (e.g. 'Email' for a file "
+        "without lead ids); default: the column mapped to lead_id.",
+    )
+
+
+class TableConfig(FileOptions):
+    """One input table: a file, how to read it, and how its columns map onto the contract."""
+
     columns: dict[str, str] = Field(
         default_factory=dict, description="Contract column name -> column name in the file."
     )
     derived: dict[str, str] = Field(
         default_factory=dict,
         description="Contract column name -> arithmetic expression over file columns, "
-        "e.g. amount: 'Quantity * UnitPrice'.",
+        "e.g. amount: 'Quantity * UnitPrice' (features/expressions.py lists what is allowed).",
     )
-    column_names: list[str] | None = Field(
-        default=None, description="Names of the columns of a text file without a header row, in file order."
+    date_format: str | None = Field(
+        default=None,
+        description="How dates are written: a strptime format such as '%d-%m-%Y', or day_first / "
+        "month_first for numeric dates in either order. Default: ISO dates; other numeric "
+        "day/month dates must be unambiguous. 'timestamp_format' is its older name.",
     )
-    timestamp_format: str | None = Field(
-        default=None, description="strptime format of the date columns, e.g. '%Y%m%d'."
+    decimal: Literal[".", ","] = Field(
+        default=".", description="Decimal mark of numbers in a text file; with ',', '1.234,56' is 1234.56."
+    )
+    max_abs_amount: float = Field(
+        default=1e9, gt=0, description="Amounts larger than this in absolute value are quarantined as absurd."
     )
     exclude: list[str] = Field(
         default_factory=list, description="File columns never used (e.g. columns that leak the outcome)."
@@ -66,6 +129,52 @@ class TableConfig(_Strict):
         default=None,
         description="File columns to use as attributes; default: every column not mapped or excluded.",
     )
+    label_from: LabelSource | None = Field(
+        default=None,
+        description="Leads only: converted = 1 when the lead's id is in this file's id_column, else 0.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timestamp_format_is_date_format(cls, raw: Any) -> Any:
+        """``timestamp_format`` (the older name) keeps working as ``date_format``."""
+        if isinstance(raw, dict) and "timestamp_format" in raw:
+            raw = dict(raw)
+            if raw.get("date_format") is not None:
+                raise ValueError(
+                    "date_format and timestamp_format are the same option (timestamp_format is its "
+                    "older name): keep only date_format"
+                )
+            raw["date_format"] = raw.pop("timestamp_format")
+        return raw
+
+    @field_validator("date_format")
+    @classmethod
+    def _date_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in DATE_ORDERS and "%" not in value:
+            raise ValueError(
+                f"'{value}' is neither a strptime format (such as '%d-%m-%Y %H:%M') nor one of {list(DATE_ORDERS)}"
+            )
+        return value
+
+    @field_validator("derived")
+    @classmethod
+    def _safe_expressions(cls, derived: dict[str, str]) -> dict[str, str]:
+        """Check every expression when the config is loaded: a refused one never reaches the data."""
+        for name, expression in derived.items():
+            try:
+                parse_expression(expression)
+            except ExpressionError as exc:
+                raise ValueError(
+                    f"derived column '{name}' = '{expression}' is refused: {exc}. Use file columns, "
+                    "numbers, + - * / // % **, comparisons, and/or/not and abs, log1p, round, min, max, where"
+                ) from exc
+        return derived
+
+    @property
+    def timestamp_format(self) -> str | None:
+        """The older name of :attr:`date_format`."""
+        return self.date_format
 
 
 class CategoryKeywords(_Strict):
@@ -121,6 +230,19 @@ class DatasetConfig(_Strict):
         for name in [*table.columns, *table.derived]:
             if name not in allowed:
                 raise ValueError(f"'{name}' is not a {info.field_name} contract column; use one of {sorted(allowed)}")
+        if table.label_from is not None:
+            if info.field_name != "leads":
+                raise ValueError("label_from is for leads only (converted = the lead's id is in that file)")
+            if "converted" in table.columns or "converted" in table.derived:
+                raise ValueError("converted comes from a column or from label_from, not both: remove one")
+            if "lead_id" not in table.columns and table.label_from.lead_column is None:
+                raise ValueError(
+                    "label_from joins on the lead id: map lead_id under leads.columns, or name the leads "
+                    "column to match with label_from.lead_column"
+                )
+        collisions = attribute_name_collisions(table.attributes or [])
+        if collisions:
+            raise ValueError("; ".join(collisions) + ": rename the column in the file, or leave it out of attributes")
         return table
 
     @model_validator(mode="after")
@@ -128,6 +250,27 @@ class DatasetConfig(_Strict):
         if self.transactions is None and self.customers is None and self.leads is None:
             raise ValueError("a dataset needs at least one of 'transactions', 'customers' or 'leads'")
         return self
+
+
+def attribute_name_collisions(attributes: list[str]) -> list[str]:
+    """Attribute columns whose name, or the name features.attributes makes of it (``attr_<slug>``),
+    is a contract column's or another attribute's: the model inputs could not be told apart."""
+    reserved = {*CONTRACT_NAMES, *LEAD_CALENDAR, "_row"}
+    problems = []
+    seen: dict[str, str] = {}
+    for column in attributes:
+        slug = attribute_slug(column)
+        for candidate in dict.fromkeys((column, slug)):
+            if candidate in reserved:
+                problems.append(
+                    f"attribute column '{column}' collides with the contract column '{candidate}'"
+                    + (f" (its feature name is attr_{slug})" if candidate != column else "")
+                )
+                break
+        if slug in seen and seen[slug] != column:
+            problems.append(f"attribute columns '{seen[slug]}' and '{column}' both become the feature attr_{slug}")
+        seen.setdefault(slug, column)
+    return problems
 
 
 def data_root() -> Path:
@@ -196,6 +339,7 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
