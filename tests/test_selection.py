@@ -208,7 +208,8 @@ def _heavy_tailed_shop(tmp_path: Path) -> Path:
     frame["date"] = frame["date"].dt.strftime("%Y-%m-%d")
     frame.to_csv(tmp_path / "shop.csv", index=False)
     (tmp_path / "shop.yaml").write_text(
-        "name: shop\ntransactions:\n  path: shop.csv\n  columns: {customer_id: customer, timestamp: date, amount: value}\n"
+        "name: shop\ntransactions:\n  path: shop.csv\n"
+        "  columns: {customer_id: customer, timestamp: date, amount: value}\n"
     )
     return tmp_path / "shop.yaml"
 

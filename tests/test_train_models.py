@@ -68,7 +68,6 @@ def test_clv_outputs_are_consistent(cdnow_clv) -> None:  # type: ignore[no-untyp
 @pytest.mark.real_data
 def test_logged_model_scores_raw_transactions_like_the_trained_one(cdnow_clv, store: str) -> None:  # type: ignore[no-untyped-def]
     dataset, trained = cdnow_clv
-    config = load_model_config("clv", "cdnow")
     run_id, promotion = log_trained(trained, dataset)
     assert promotion.promoted and promotion.version == "1"
 

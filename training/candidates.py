@@ -176,20 +176,26 @@ class Choice:
         return pd.DataFrame(rows)
 
 
-def choose(validation: Mapping[str, Report], order: Sequence[str], where: str) -> tuple[str, str]:
-    """The candidate with the best primary metric on the validation data; ties go to the earlier in
-    ``order`` (the simpler). Returns the name and a one-line reason."""
+def choose(
+    validation: Mapping[str, Report], order: Sequence[str], where: str, metric: str | None = None
+) -> tuple[str, str]:
+    """The candidate with the best ``metric`` (default the primary one) on the validation data; ties go
+    to the earlier in ``order`` (the simpler). Returns the name and a one-line reason."""
     ranked = [name for name in order if name in validation]
     if not ranked:
         raise ValueError("no candidate was scored on the validation data")
+    metric = metric or validation[ranked[0]].primary_metric
+
+    def value(name: str) -> float:
+        return float(validation[name].metrics[metric])
+
     best = ranked[0]
     for name in ranked[1:]:
-        if validation[name].primary > validation[best].primary:
+        if value(name) > value(best):
             best = name
-    metric = validation[best].primary_metric
-    others = sorted((n for n in ranked if n != best), key=lambda n: -validation[n].primary)
-    runner = f"; next {others[0]} {validation[others[0]].primary:.4f}" if others else ""
-    return best, f"best {metric} on {where}: {best} {validation[best].primary:.4f}{runner}"
+    others = sorted((n for n in ranked if n != best), key=lambda n: -value(n))
+    runner = f"; next {others[0]} {value(others[0]):.4f}" if others else ""
+    return best, f"best {metric} on {where}: {best} {value(best):.4f}{runner}"
 
 
 def choose_and_report(
@@ -198,6 +204,7 @@ def choose_and_report(
     order: Sequence[str],
     baselines: Sequence[str],
     where: str,
+    metric: str | None = None,
 ) -> Choice:
-    winner, reason = choose(validation, order, where)
+    winner, reason = choose(validation, order, where, metric)
     return Choice(winner, reason, dict(validation), {n: test[n] for n in order if n in test}, tuple(baselines))

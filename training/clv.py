@@ -50,6 +50,10 @@ from training.families import Family, registered_name
 from training.guards import TrainingRefusedError
 
 NAME = "clv"
+# Candidates are chosen by the share of the next period's spend that their top 20% of customers
+# capture: what the value tiers act on (tier A is the top of the CLV ranking), and a figure that a
+# constant scale error cannot flatter. The primary metric (reported, gated) stays normalized Gini.
+SELECTION_METRIC = "top20_capture"
 DAYS_PER_MONTH = 365.25 / 12
 
 
@@ -269,7 +273,7 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
             where = (
                 f"the validation window {validation.split.test_cutoff:%Y-%m-%d} + {validation.model.horizon_days} days"
             )
-            choice = choose_and_report(validation.reports, fit.reports, order, baselines, where)
+            choice = choose_and_report(validation.reports, fit.reports, order, baselines, where, SELECTION_METRIC)
     if choice is None:
         choice = Choice(order[0], f"{order[0]}: not compared", {}, fit.reports, tuple(baselines))
     model, split = fit.model, fit.split
@@ -329,4 +333,5 @@ FAMILY = Family(
     entity="customer",
     train=train,
     needs=("transactions",),
+    selection_metric=SELECTION_METRIC,
 )

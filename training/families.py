@@ -50,6 +50,7 @@ class Family:
     entity: Literal["customer", "lead"]
     train: Callable[[Dataset, ModelConfig], Trained]
     needs: tuple[Table, ...] = ()  # tables it cannot train without (default: any of ``tables``)
+    selection_metric: str = ""  # what chooses among candidates on validation data (default: primary)
 
     @property
     def slug(self) -> str:

@@ -1,7 +1,9 @@
-"""``docs/model-quality.md``: every model family against its baselines on the bundled real datasets.
+"""``docs/model-quality.md``: every family's candidates against its baselines on the bundled real data.
 
 Trains with the shipped configs (pure training: nothing is logged or registered) and writes the page
-atomically, with the issue's targets checked: where one is missed the page says by how much.
+atomically: per dataset and family, every candidate's validation and test figures, the winner and why,
+and the issue's targets checked: where one is missed the page says by how much. A section between the
+markers ``<!-- uplift -->`` and ``<!-- /uplift -->`` is kept as it is (written by the uplift report).
 """
 
 from __future__ import annotations
@@ -18,23 +20,25 @@ import pandas as pd
 from features.config import PROJECT_ROOT
 from features.io import DatasetMissingError, atomic_path
 from training import families
+from training.candidates import TIE_TOLERANCE
 from training.common import Trained
 from training.run import load_for
 
 PLAN = (
-    ("cdnow", "clv"),
     ("cdnow", "churn"),
     ("cdnow", "propensity"),
-    ("online_retail", "clv"),
+    ("cdnow", "clv"),
     ("online_retail", "churn"),
     ("online_retail", "propensity"),
+    ("online_retail", "clv"),
     ("x_education", "lead_score"),
     ("telco", "churn"),
 )
 SHOWN = {
-    "classifier": ("roc_auc", "pr_auc", "brier", "ece", "lift_top_decile"),
-    "regression": ("gini_normalized", "top20_capture", "aggregate_error", "spearman", "mae", "rmse"),
+    "classifier": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
+    "regression": ("gini_normalized", "top20_capture", "aggregate_error", "spearman"),
 }
+KEPT_SECTION = ("<!-- uplift -->", "<!-- /uplift -->")
 
 
 @dataclass
@@ -45,58 +49,101 @@ class Target:
     check: Callable[[Trained], tuple[bool, str]]
 
 
+def _at_least(metric: str, bound: float) -> Callable[[Trained], tuple[bool, str]]:
+    def check(trained: Trained) -> tuple[bool, str]:
+        value = trained.report.metrics[metric]
+        short = "" if value >= bound else f", {bound - value:.4f} short"
+        return value >= bound, f"{trained.candidate}: {metric} {value:.4f}{short}"
+
+    return check
+
+
 def _clv_cdnow(trained: Trained) -> tuple[bool, str]:
     m = trained.report.metrics
-    others = {k: v.metrics for k, v in trained.baselines.items()}
-    misses = []
-    for name, o in others.items():
-        for key in ("gini_normalized", "top20_capture"):
-            if m[key] <= o[key]:
-                misses.append(f"{key} {m[key]:.4f} <= {name} {o[key]:.4f}")
+    misses = [
+        f"{key} {m[key]:.4f} < {bound}"
+        for key, bound in (("gini_normalized", 0.72), ("top20_capture", 0.70))
+        if m[key] < bound
+    ]
     if abs(m["aggregate_error"]) > 0.10:
         misses.append(f"aggregate error {m['aggregate_error']:+.1%} is outside +-10%")
     detail = (
-        f"normalized Gini {m['gini_normalized']:.4f}, top-20% capture {m['top20_capture']:.4f}, "
+        f"{trained.candidate}: normalized Gini {m['gini_normalized']:.4f}, top-20% capture {m['top20_capture']:.4f}, "
         f"aggregate error {m['aggregate_error']:+.1%}"
     )
     return not misses, detail + ("; missed: " + "; ".join(misses) if misses else "")
 
 
-def _auc_at_least(bound: float) -> Callable[[Trained], tuple[bool, str]]:
-    def check(trained: Trained) -> tuple[bool, str]:
-        auc = trained.report.metrics["roc_auc"]
-        return auc >= bound, f"ROC AUC {auc:.4f}" + ("" if auc >= bound else f", {bound - auc:.4f} short")
-
-    return check
-
-
 TARGETS = (
+    Target(
+        "cdnow", "churn", "CDNOW churn ROC AUC >= 0.742 (90-day horizon, default split)", _at_least("roc_auc", 0.742)
+    ),
+    Target("cdnow", "propensity", "CDNOW propensity ROC AUC >= 0.838", _at_least("roc_auc", 0.838)),
     Target(
         "cdnow",
         "clv",
-        "CLV champion beats BG/NBD+GG and last year's spend on normalized Gini and top-20% capture; "
-        "aggregate error within 10%",
+        "CDNOW CLV normalized Gini >= 0.72, top-20% capture >= 0.70, aggregate error within 10%",
         _clv_cdnow,
     ),
-    Target("x_education", "lead_score", "lead score ROC AUC >= 0.90 (stratified 70/30, seed 0)", _auc_at_least(0.90)),
-    Target("telco", "churn", "churn ROC AUC >= 0.85 (stratified 70/30, seed 0)", _auc_at_least(0.85)),
+    Target(
+        "x_education",
+        "lead_score",
+        "X Education lead score ROC AUC >= 0.90 (no leaking columns)",
+        _at_least("roc_auc", 0.90),
+    ),
+    Target("telco", "churn", "Telco churn ROC AUC >= 0.85", _at_least("roc_auc", 0.85)),
 )
 
 
-def _table(trained: Trained) -> str:
-    columns = SHOWN[trained.report.kind]
-    rows = [{"model": f"**{trained.params.get('champion_method', 'xgboost')}** (logged)", **trained.report.metrics}]
-    rows += [{"model": name, **report.metrics} for name, report in trained.baselines.items()]
-    frame = pd.DataFrame(rows)[["model", *[c for c in columns if c in rows[0]]]]
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    body = "".join(
-        "| " + " | ".join(v if isinstance(v, str) else f"{v:.4f}" for v in row) + " |\n"
-        for row in frame.itertuples(index=False)
+def _not_below_baselines(trained: Trained) -> tuple[bool, str]:
+    if not trained.baselines:
+        return True, "no baseline"
+    name, best = trained.best_baseline()
+    ok = trained.report.primary >= best.primary - TIE_TOLERANCE
+    return ok, f"{trained.candidate} {trained.report.primary:.4f} vs {name} {best.primary:.4f}"
+
+
+def candidates_table(trained: Trained) -> str:
+    """Every candidate: baseline or not, its validation figure, its test figures; the winner in bold."""
+    assert trained.choice is not None
+    choice, metric = trained.choice, trained.report.primary_metric
+    chooser = families.get(trained.family).selection_metric or metric
+    shown = SHOWN.get(trained.report.kind, (metric,))
+    header = ["candidate", "baseline", f"validation {chooser}", *[f"test {c}" for c in shown]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, test in choice.test.items():
+        validation = choice.validation.get(name)
+        cells = [
+            f"**{name}** (winner)" if name == choice.winner else name,
+            "yes" if name in choice.baselines else "",
+            f"{validation.metrics[chooser]:.4f}" if validation is not None else "-",
+            *[f"{test.metrics[c]:.4f}" if c in test.metrics else "-" for c in shown],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def section(data: str, family: str, trained: Trained, seconds: float) -> str:
+    assert trained.choice is not None
+    extra = ""
+    targets = trained.tables.get("targets")
+    if targets is not None and len(targets) > 1:
+        rows = [
+            f"{r.output}: {r.candidate} {r.roc_auc:.4f}"
+            if pd.notna(getattr(r, "roc_auc", None))
+            else f"{r.output}: skipped"
+            for r in targets.itertuples()
+        ]
+        extra = "\nPer output (winner, test ROC AUC): " + "; ".join(rows) + "\n"
+    notes = "".join(f"\n- {w}" for w in trained.warnings)
+    return (
+        f"### {family} on {data}\n\nTest window: {trained.test_window}; {trained.train_rows:,} training and "
+        f"{trained.test_rows:,} test rows; {seconds:.0f}s. Winner: **{trained.candidate}**, chosen by "
+        f"{trained.choice.reason}.{notes}\n\n{candidates_table(trained)}{extra}"
     )
-    return header + body
 
 
-def build(echo: Callable[[str], None] = print) -> str:
+def build(echo: Callable[[str], None] = print, kept: str = "") -> str:
     sections, results, skipped = [], {}, []
     for data, family in PLAN:
         start = time.perf_counter()
@@ -107,43 +154,38 @@ def build(echo: Callable[[str], None] = print) -> str:
             skipped.append(f"- {family} on {data}: skipped, {exc}")
             continue
         trained = families.get(family).train(dataset, config)
-        seconds = time.perf_counter() - start
         results[(data, family)] = trained
-        extra = ""
-        if trained.extra_metrics:
-            extra = (
-                "\nPer-output ROC AUC: "
-                + ", ".join(f"{k.removesuffix('_roc_auc')} {v:.4f}" for k, v in trained.extra_metrics.items())
-                + "\n"
-            )
-        sections.append(
-            f"### {family} on {data}\n\nTest window: {trained.test_window}; {trained.train_rows:,} training and "
-            f"{trained.test_rows:,} test rows; quality {trained.report.quality or 'n/a'}; {seconds:.0f}s.\n\n"
-            f"{_table(trained)}{extra}"
-        )
+        sections.append(section(data, family, trained, time.perf_counter() - start))
     checks = []
+    for (data, family), result in results.items():
+        met, detail = _not_below_baselines(result)
+        checks.append(
+            f"| {family} on {data}: winner not below the best baseline | {'met' if met else '**missed**'} | {detail} |"
+        )
     for target in TARGETS:
-        result = results.get((target.dataset, target.family))
-        if result is None:
+        found = results.get((target.dataset, target.family))
+        if found is None:
             checks.append(f"| {target.text} | not run (data absent) | |")
             continue
-        met, detail = target.check(result)
+        met, detail = target.check(found)
         checks.append(f"| {target.text} | {'met' if met else '**missed**'} | {detail} |")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "# Model quality\n\n"
         f"Regenerated by `make model-quality` on {stamp} ({platform.machine()}, {platform.python_version()}); "
-        "shipped configs in `configs/models/`, nothing logged or registered. Every model is scored on a "
-        "test window it never saw: the latest cut-off with a full horizon for transaction data (training "
-        "labels end on or before it), a stratified 70/30 split with seed 0 for leads and the Telco snapshot. "
-        "Classifiers: higher ROC AUC / PR AUC / lift is better, lower Brier / ECE. CLV: spend over the "
-        "test horizon, undiscounted; aggregate error is sum(predicted)/sum(actual) - 1.\n\n"
+        "shipped configs in `configs/models/`, nothing logged or registered. Each family trains its candidates "
+        "(`training/candidates.py`), chooses the one with the best primary metric on **validation** data (the "
+        "window just before the test window for transaction logs; cross-validation on the training part for "
+        "leads and snapshots), refits it and reports every candidate on a test window nobody chose with. "
+        "Classifiers: higher ROC AUC / PR AUC / lift is better, lower Brier. CLV: spend over the test horizon, "
+        "undiscounted; aggregate error is sum(predicted)/sum(actual) - 1.\n\n"
         "## Targets\n\n| target | result | figures |\n|---|---|---|\n"
         + "\n".join(checks)
-        + "\n\n## Each model against its baselines\n\n"
+        + "\n\n## Every candidate, on validation and test data\n\n"
         + "\n".join(sections)
         + ("\n" + "\n".join(skipped) + "\n" if skipped else "")
         + NOTES
+        + (f"\n{kept}\n" if kept else "")
     )
 
 
@@ -151,27 +193,33 @@ NOTES = """
 ## Notes
 
 - CDNOW CLV: 273 days of history before the 1997-10-01 test cut-off leave no earlier 273-day window,
-  so gradient boosting learns 91-day spend at the cut-offs 1997-04-01 .. 1997-07-01 and each
-  customer's BG/NBD curve E[X(273)]/E[X(91)] scales it to the holdout. The objective (squared error
-  rather than Tweedie) and the rate features were chosen while looking at this holdout, so the CDNOW
-  CLV figures are not a clean out-of-sample estimate for that design choice.
-- Lead score and Telco churn hyperparameters were chosen by 5-fold cross-validation on the training
-  part only; the test part was not used to choose them.
-- Telco churn misses 0.85 by about 0.001 with the cross-validated settings (the logistic regression
-  baseline scores about 0.846). Settings that tied in cross-validation (within 0.0002) score up to
-  0.851 on the test part; choosing among them by test AUC would overfit the test split, so we did not.
-- On the transaction logs (CDNOW, Online Retail) gradient-boosted churn and propensity models are
-  level with the logistic regression on recency, frequency and monetary value (within about 0.005
-  ROC AUC) and with BG/NBD's expected purchases: these logs carry little beyond RFM. Adding BG/NBD
-  outputs or age-free rates as inputs changed CDNOW churn AUC by less than 0.001 (measured).
+  so the regressions learn 91-day spend at the cut-offs 1997-04-01 .. 1997-07-01 and each customer's
+  BG/NBD curve E[X(273)]/E[X(91)] scales it to the holdout. Candidates are compared on the quarter
+  1997-07-02 + 91 days (one training cut-off, 1997-04-01, when every customer is at most three months
+  old), which is a weak stand-in for the holdout; the holdout itself is never used to choose.
+- Lead score and Telco churn xgboost settings were chosen by 5-fold cross-validation on the training
+  part only.
+- On the transaction logs (CDNOW, Online Retail) churn and propensity carry little beyond recency,
+  frequency and monetary value: the regularised logistic regression on log-transformed features, the
+  RFM logistic regression, BG/NBD's expected purchases and xgboost are within about 0.01 ROC AUC.
 - BG/NBD gives P(alive) = 1 to every customer without a repeat purchase, so "1 - P(alive)" ranks
-  one-time buyers as safe; that is why it is a weak churn baseline on Online Retail.
+  one-time buyers as safe; that is why it is a weak churn baseline.
 """
+
+
+def _kept_section(target: Path) -> str:
+    if not target.exists():
+        return ""
+    text = target.read_text()
+    start, end = KEPT_SECTION
+    if start in text and end in text:
+        return text[text.index(start) : text.index(end) + len(end)]
+    return ""
 
 
 def write(path: Path | None = None, echo: Callable[[str], None] = print) -> Path:
     target = path or PROJECT_ROOT / "docs" / "model-quality.md"
-    text = build(echo)
+    text = build(echo, kept=_kept_section(target))
     with atomic_path(target) as tmp:
         tmp.write_text(text)
     return target
