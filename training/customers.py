@@ -295,19 +295,26 @@ def train_output(
     config: ModelConfig,
     order: tuple[str, ...],
     what: str,
+    fallback: str | None = None,
 ) -> _Output:
     """Fit the candidates on the validation split, choose there, refit them on the training cut-offs
-    and score each on the test window (reported; the choice is already made)."""
+    and score each on the test window (reported; the choice is already made). Without validation
+    rows for this output (a category absent before the validation cut-off), ``fallback`` (the primary
+    output's winner) is used."""
     _check_support(split, label, config, what)
     columns = select_features(feature_columns(split.train), config)
     fitted = fit_candidates(split.train, label, columns, config, order)
     test_reports = score_candidates(fitted, split.test, label)
-    if validation is None or len(fitted) == 1:
-        winner = next(iter(fitted))
-        where = "no validation window" if validation is None else "the only candidate"
+    if validation is not None and label in validation.test.columns:
+        try:
+            _check_support(validation, label, config, what + " (validation)")
+        except TrainingRefusedError:
+            validation = None  # too few examples to compare on: not a reason to refuse the model
+    if validation is None or len(fitted) == 1 or label not in validation.test.columns:
+        winner = fallback if fallback in fitted else next(iter(fitted))
+        where = "the only candidate" if len(fitted) == 1 else "no validation rows: the primary output's winner"
         choice = Choice(winner, f"{winner}: {where}", {}, test_reports, tuple(n for n in order if n in BASELINE_NAMES))
     else:
-        _check_support(validation, label, config, what + " (validation)")
         val_columns = select_features(feature_columns(validation.train), config)
         val_fitted = fit_candidates(validation.train, label, val_columns, config, tuple(fitted))
         val_reports = score_candidates(val_fitted, validation.test, label)
@@ -317,16 +324,29 @@ def train_output(
     return _Output(choice, fitted[choice.winner], int(rows.sum()), int(split.test[label].notna().sum()))
 
 
-def validation_split(dataset: Dataset, config: ModelConfig, warnings: list[str]) -> TimeSplit | None:
-    """The split whose test window is the validation window (just before the real test window), or
-    None with a warning when the history is too short for one (then the winner is not chosen but the
-    first candidate of the config is used: set ``candidates`` to choose)."""
+def validation_split(dataset: Dataset, config: ModelConfig, split: TimeSplit, warnings: list[str]) -> TimeSplit | None:
+    """The split whose test window is the validation window (just before the real test window). When
+    the history is too short for one, the latest training cut-off is the validation window and the
+    earlier ones fit (their labels overlap it: said so); None when there is a single cut-off."""
     try:
-        split, _ = prepared_split(dataset, validation_config(dataset, config), warnings)
+        validation, _ = prepared_split(dataset, validation_config(dataset, config), warnings)
     except TrainingRefusedError as exc:
-        warnings.append(f"no validation window ({exc}): candidates not compared")
-        return None
-    return split
+        cutoffs = sorted(split.train["cutoff"].unique())
+        if len(cutoffs) < 2:
+            warnings.append(f"no validation window ({exc}) and one training cut-off: candidates not compared")
+            return None
+        last = pd.Timestamp(cutoffs[-1])
+        warnings.append(
+            f"no full validation window ({exc}): candidates compared on the latest training cut-off "
+            f"{last:%Y-%m-%d}, fitted on the earlier ones (their label windows overlap it)"
+        )
+        fit = split.train.loc[split.train["cutoff"] < last].reset_index(drop=True)
+        held = split.train.loc[split.train["cutoff"] == last].reset_index(drop=True)
+        btyd = safe_btyd(held, config, f"cut-off {last:%Y-%m-%d}")
+        if not isinstance(btyd, str) and not set(BTYD_FEATURES) <= set(held.columns):
+            held = CustomerModel.add_btyd(_Holder(btyd, config.horizon_days), held)  # type: ignore[arg-type]
+        return TimeSplit(fit, held, [pd.Timestamp(c) for c in cutoffs[:-1]], last, split.categories, split.encoder)
+    return validation
 
 
 def train_transaction_classifier(
@@ -337,16 +357,17 @@ def train_transaction_classifier(
     warnings: list[str] = []
     split, btyd = prepared_split(dataset, config, warnings)
     order = usable_candidates(config, candidates_for(kind), btyd is not None)
-    validation = validation_split(dataset, config, warnings) if len(order) > 1 else None
+    validation = validation_split(dataset, config, split, warnings) if len(order) > 1 else None
     if validation is not None and not set(BTYD_FEATURES) <= set(validation.test.columns):
         order = usable_candidates(config, order, False)
     outputs: dict[str, _Output] = {}
     skipped: dict[str, str] = {}
     primary_output = next(iter(targets))
     for output, label in targets.items():
+        fallback = outputs[primary_output].choice.winner if primary_output in outputs else None
         try:
             outputs[output] = train_output(
-                split, validation, label, config, order, f"{family} ({label}) on '{dataset.config.name}'"
+                split, validation, label, config, order, f"{family} ({label}) on '{dataset.config.name}'", fallback
             )
         except TrainingRefusedError as exc:
             if output == primary_output:
