@@ -38,12 +38,20 @@ SNAPSHOT_CANDIDATES = (*SNAPSHOT_BASELINES, *MODEL_CANDIDATES)
 CLV_BASELINES = ("last_year_spend", "bgnbd_gamma_gamma")
 CLV_CANDIDATES = (*CLV_BASELINES, "glm", "xgboost", "blend")
 BASELINE_NAMES = frozenset({*CHURN_BASELINES, *PROPENSITY_BASELINES, *SNAPSHOT_BASELINES, *CLV_BASELINES})
-# BG/NBD baselines score one column that the model adds (training.common.CustomerModel.add_btyd).
+# BG/NBD baselines score one column that the model adds (training.common.CustomerModel.add_btyd), turned
+# into a score that rises with the outcome: churn falls with P(alive) and expected purchases E[X],
+# P(no purchase) = exp(-E[X]); a purchase rises with them, 1 - exp(-E[X]).
 BGNBD_SCORES = {
-    "bgnbd_1_minus_p_alive": ("btyd_p_alive", "one_minus"),
-    "bgnbd_p_alive": ("btyd_p_alive", "identity"),
-    "bgnbd_expected_purchases": ("btyd_expected_orders", "exp_neg"),
+    "churn": {
+        "bgnbd_1_minus_p_alive": ("btyd_p_alive", "one_minus"),
+        "bgnbd_expected_purchases": ("btyd_expected_orders", "exp_neg"),
+    },
+    "propensity": {
+        "bgnbd_p_alive": ("btyd_p_alive", "identity"),
+        "bgnbd_expected_purchases": ("btyd_expected_orders", "one_minus_exp_neg"),
+    },
 }
+BGNBD_NAMES = frozenset(name for scores in BGNBD_SCORES.values() for name in scores)
 # A baseline within this much of the winner on the test window counts as a tie (bootstrap noise of
 # ROC AUC on a few thousand rows is ten times larger).
 TIE_TOLERANCE = 0.001

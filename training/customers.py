@@ -29,6 +29,7 @@ from features.validate import DataError
 from training.btyd import BTYD_FEATURES, BTYDModel, FitError, fit_btyd, predict_btyd
 from training.candidates import (
     BASELINE_NAMES,
+    BGNBD_NAMES,
     BGNBD_SCORES,
     Choice,
     ColumnScore,
@@ -227,7 +228,7 @@ def prepared_split(dataset: Dataset, config: ModelConfig, warnings: list[str]) -
 
 
 def fit_candidates(
-    train: pd.DataFrame, label: str, columns: list[str], config: ModelConfig, names: tuple[str, ...]
+    train: pd.DataFrame, label: str, columns: list[str], config: ModelConfig, names: tuple[str, ...], kind: str
 ) -> dict[str, Fitted]:
     """Every candidate of ``names`` fitted on the labelled training rows (BG/NBD baselines need no
     fitting: they read the BG/NBD columns of the rows they score)."""
@@ -235,8 +236,8 @@ def fit_candidates(
     y = train.loc[rows, label].astype(int).to_numpy()
     fitted: dict[str, Fitted] = {}
     for name in names:
-        if name in BGNBD_SCORES:
-            column, transform = BGNBD_SCORES[name]
+        if name in BGNBD_SCORES[kind]:
+            column, transform = BGNBD_SCORES[kind][name]
             fitted[name] = Fitted(name, [column], ColumnScore(transform).fit())
         elif name == "rfm_logistic_regression":
             estimator = logistic_regression(config.seed, transform=False)
@@ -269,7 +270,7 @@ def usable_candidates(config: ModelConfig, order: tuple[str, ...], has_btyd: boo
         if unknown:
             raise TrainingRefusedError(f"unknown candidate(s) {unknown} in the model config: use some of {list(order)}")
         order = tuple(n for n in order if n in config.candidates)
-    return tuple(n for n in order if has_btyd or n not in BGNBD_SCORES)
+    return tuple(n for n in order if has_btyd or n not in BGNBD_NAMES)
 
 
 @dataclass
@@ -295,6 +296,7 @@ def train_output(
     config: ModelConfig,
     order: tuple[str, ...],
     what: str,
+    kind: str,
     fallback: str | None = None,
 ) -> _Output:
     """Fit the candidates on the validation split, choose there, refit them on the training cut-offs
@@ -303,7 +305,7 @@ def train_output(
     output's winner) is used."""
     _check_support(split, label, config, what)
     columns = select_features(feature_columns(split.train), config)
-    fitted = fit_candidates(split.train, label, columns, config, order)
+    fitted = fit_candidates(split.train, label, columns, config, order, kind)
     test_reports = score_candidates(fitted, split.test, label)
     if validation is not None and label in validation.test.columns:
         try:
@@ -316,7 +318,7 @@ def train_output(
         choice = Choice(winner, f"{winner}: {where}", {}, test_reports, tuple(n for n in order if n in BASELINE_NAMES))
     else:
         val_columns = select_features(feature_columns(validation.train), config)
-        val_fitted = fit_candidates(validation.train, label, val_columns, config, tuple(fitted))
+        val_fitted = fit_candidates(validation.train, label, val_columns, config, tuple(fitted), kind)
         val_reports = score_candidates(val_fitted, validation.test, label)
         where = f"the validation window {validation.test_cutoff:%Y-%m-%d} + {config.horizon_days} days"
         choice = choose_and_report(val_reports, test_reports, order, [n for n in order if n in BASELINE_NAMES], where)
@@ -367,7 +369,14 @@ def train_transaction_classifier(
         fallback = outputs[primary_output].choice.winner if primary_output in outputs else None
         try:
             outputs[output] = train_output(
-                split, validation, label, config, order, f"{family} ({label}) on '{dataset.config.name}'", fallback
+                split,
+                validation,
+                label,
+                config,
+                order,
+                f"{family} ({label}) on '{dataset.config.name}'",
+                kind,
+                fallback,
             )
         except TrainingRefusedError as exc:
             if output == primary_output:
