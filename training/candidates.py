@@ -57,6 +57,14 @@ BGNBD_NAMES = frozenset(name for scores in BGNBD_SCORES.values() for name in sco
 TIE_TOLERANCE = 0.001
 
 
+def for_ranking(config: Any) -> Any:
+    """The config for fitting candidates on validation folds: xgboost without its probability
+    calibration. Calibration is a monotone map fitted on out-of-fold predictions (a sigmoid keeps the
+    ranking exactly, isotonic up to ties), so ROC AUC is the same without it, at a sixth of the cost
+    (one booster instead of five folds and a refit)."""
+    return config.model_copy(update={"calibration": "none"})
+
+
 def candidates_for(kind: str) -> tuple[str, ...]:
     """The candidates of a customer classifier (``churn`` or ``propensity``), simplest first."""
     return (*(CHURN_BASELINES if kind == "churn" else PROPENSITY_BASELINES), *MODEL_CANDIDATES)

@@ -36,6 +36,7 @@ from training.candidates import (
     Fitted,
     candidates_for,
     choose_and_report,
+    for_ranking,
     logistic_regression,
 )
 from training.common import (
@@ -241,7 +242,9 @@ def fit_candidates(
             fitted[name] = Fitted(name, [column], ColumnScore(transform).fit())
         elif name == "rfm_logistic_regression":
             estimator = logistic_regression(config.seed, transform=False)
-            fitted[name] = Fitted(name, list(RFM_COLUMNS), estimator.fit(matrix(train.loc[rows], RFM_COLUMNS), y))
+            fitted[name] = Fitted(
+                name, list(RFM_COLUMNS), estimator.fit(matrix(train.loc[rows], RFM_COLUMNS).to_numpy(), y)
+            )
         elif name == "logistic_regression":
             estimator = logistic_regression(config.seed)
             fitted[name] = Fitted(name, columns, estimator.fit(matrix(train.loc[rows], columns).to_numpy(), y))
@@ -318,7 +321,7 @@ def train_output(
         choice = Choice(winner, f"{winner}: {where}", {}, test_reports, tuple(n for n in order if n in BASELINE_NAMES))
     else:
         val_columns = select_features(feature_columns(validation.train), config)
-        val_fitted = fit_candidates(validation.train, label, val_columns, config, tuple(fitted), kind)
+        val_fitted = fit_candidates(validation.train, label, val_columns, for_ranking(config), tuple(fitted), kind)
         val_reports = score_candidates(val_fitted, validation.test, label)
         where = f"the validation window {validation.test_cutoff:%Y-%m-%d} + {config.horizon_days} days"
         choice = choose_and_report(val_reports, test_reports, order, [n for n in order if n in BASELINE_NAMES], where)

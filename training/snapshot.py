@@ -27,7 +27,14 @@ from features.config import DatasetConfig
 from features.io import Dataset, read_raw_table, table_path
 from features.pipeline import attribute_columns
 from features.validate import ROW, NoUsableRowsError, check_table
-from training.candidates import SNAPSHOT_BASELINES, SNAPSHOT_CANDIDATES, Choice, Fitted, choose_and_report
+from training.candidates import (
+    SNAPSHOT_BASELINES,
+    SNAPSHOT_CANDIDATES,
+    Choice,
+    Fitted,
+    choose_and_report,
+    for_ranking,
+)
 from training.candidates import logistic_regression as make_logistic_regression
 from training.common import (
     InputRowsError,
@@ -218,7 +225,7 @@ def cross_validated(
         encoder = AttributeEncoder(max_levels=max_levels).fit(rows.iloc[fit_rows], columns)
         x_fit = encoder.transform(rows.iloc[fit_rows]).reset_index(drop=True)
         x_held = encoder.transform(rows.iloc[held_rows]).reset_index(drop=True)
-        fitted = fit_snapshot_candidates(x_fit, labels.iloc[fit_rows].to_numpy(), config, names)
+        fitted = fit_snapshot_candidates(x_fit, labels.iloc[fit_rows].to_numpy(), for_ranking(config), names)
         for name, candidate in fitted.items():
             pooled[name].append(candidate.score(x_held))
         truth.append(labels.iloc[held_rows].to_numpy())
