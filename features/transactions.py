@@ -32,11 +32,6 @@ NS_PER_DAY = 86_400 * 10**9
 EPOCH_WEEKDAY_SHIFT = 3
 
 
-def week_of_day(day: np.ndarray | int) -> np.ndarray:
-    """Monday-based week number of a day number (days since 1970-01-01)."""
-    return (np.asarray(day) + EPOCH_WEEKDAY_SHIFT) // 7
-
-
 def category_column(category: str) -> str:
     return f"category_share_{attribute_slug(category)}"
 

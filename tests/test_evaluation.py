@@ -9,12 +9,10 @@ from matplotlib.figure import Figure
 
 from training.evaluation import (
     capture_at,
-    compare,
     decile_table,
     evaluate_classifier,
     evaluate_regression,
     expected_calibration_error,
-    is_better,
     lift_at,
     normalized_gini,
 )
@@ -95,14 +93,3 @@ def test_decile_ties_are_deterministic() -> None:
 def test_bad_inputs_are_refused(y: list[float], p: list[float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         evaluate_classifier(y, p)
-
-
-def test_compare_and_is_better() -> None:
-    y = np.array([0, 1, 0, 1], dtype=float)
-    good, bad = evaluate_classifier(y, [0.1, 0.9, 0.2, 0.8]), evaluate_classifier(y, [0.9, 0.1, 0.2, 0.8])
-    assert is_better(good, bad) and not is_better(bad, good)
-    side_by_side = compare(good, bad)
-    assert side_by_side["roc_auc"] == 1.0 and side_by_side["roc_auc_baseline"] == 0.25
-    assert side_by_side["primary_margin"] == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="cannot compare"):
-        is_better(good, evaluate_regression([1.0, 2.0], [1.0, 2.0]))

@@ -237,22 +237,3 @@ def evaluate_regression(actual: object, predicted: object, *, feature_importance
     if feature_importance is not None and len(feature_importance):
         figures["feature_importance.png"] = _importance_figure(feature_importance)
     return Report("regression", "gini_normalized", metrics, {"deciles": table}, figures)
-
-
-def is_better(new: Report, current: Report) -> bool:
-    """Whether ``new`` beats ``current`` on their (shared) primary metric; higher is better."""
-    if new.primary_metric != current.primary_metric:
-        raise ValueError(f"cannot compare {new.primary_metric} with {current.primary_metric}")
-    return new.primary > current.primary
-
-
-def compare(candidate: Report, baseline: Report) -> dict[str, float]:
-    """Every metric both reports have, side by side, with the candidate's primary-metric margin."""
-    both = {
-        f"{name}{suffix}": value
-        for name in candidate.metrics
-        if name in baseline.metrics
-        for suffix, value in (("", candidate.metrics[name]), ("_baseline", baseline.metrics[name]))
-    }
-    both["primary_margin"] = candidate.primary - baseline.primary
-    return both

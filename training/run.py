@@ -55,8 +55,9 @@ def pip_requirements() -> list[str]:
 
 
 def fingerprint(dataset: Dataset, kinds: tuple[str, ...]) -> tracking.DataFingerprint:
-    """Source, rows, entities, date range and file hash of the tables a family read."""
-    sources, hashes, rows, entities, first, last = [], [], 0, 0, "", ""
+    """Source, rows, entities and date range of the tables a family read, as run params for ``make
+    compare``; the tables themselves are logged as MLflow dataset inputs (:func:`log_inputs`)."""
+    sources, rows, entities, first, last = [], 0, 0, "", ""
     for kind in kinds:
         checked = getattr(dataset, kind, None)
         table = getattr(dataset.config, kind, None)
@@ -64,7 +65,6 @@ def fingerprint(dataset: Dataset, kinds: tuple[str, ...]) -> tracking.DataFinger
             continue
         path = table_path(dataset.config, table)
         sources.append(str(path))
-        hashes.append(tracking.file_hash(path))
         rows += len(checked.frame)
         id_column = "lead_id" if kind == "leads" else "customer_id"
         if id_column in checked.frame.columns:
@@ -72,7 +72,20 @@ def fingerprint(dataset: Dataset, kinds: tuple[str, ...]) -> tracking.DataFinger
         if kind == "transactions":
             stamps = checked.frame["timestamp"]
             first, last = f"{stamps.min():%Y-%m-%d}", f"{stamps.max():%Y-%m-%d}"
-    return tracking.DataFingerprint(";".join(sources), rows, entities, first, last, ";".join(hashes))
+    return tracking.DataFingerprint(";".join(sources), rows, entities, first, last)
+
+
+def log_inputs(dataset: Dataset, kinds: tuple[str, ...], label: str) -> None:
+    """Each table the family read as an MLflow dataset input (MLflow's digest, schema and row count)."""
+    for kind in kinds:
+        checked = getattr(dataset, kind, None)
+        table = getattr(dataset.config, kind, None)
+        if checked is None or table is None:
+            continue
+        frame = checked.frame.drop(columns=["_row"], errors="ignore")
+        target = label if label in frame.columns else None
+        source = str(table_path(dataset.config, table))
+        tracking.log_dataset_input(frame, source=source, name=f"{dataset.config.name}.{kind}", targets=target)
 
 
 def quarantined_rows(dataset: Dataset, kinds: tuple[str, ...]) -> int:
@@ -120,13 +133,16 @@ def load_for(family: str, data: str, config_path: Path | None = None) -> tuple[D
 
 
 def run_tags(trained: Trained, dataset: Dataset) -> dict[str, str]:
-    """What tells runs apart in the UI and in ``make compare``: family, dataset, model, test window."""
+    """What tells runs apart in the UI and in ``make compare``: family, dataset, model, test window;
+    and MLflow's own source tag for the commit, which the UI shows with the run."""
+    commit = tracking.git_commit()
     return {
+        "mlflow.source.git.commit": commit.removesuffix("-dirty"),
         "family": trained.family,
         "dataset": dataset.config.name,
         "model": trained.candidate,
         "candidate": trained.candidate,
-        "git_commit": tracking.git_commit(),
+        "git_commit": commit,
         "test_window": trained.test_window,
         "primary_metric": trained.report.primary_metric,
         "quality": trained.report.quality,
@@ -190,6 +206,7 @@ def log_evaluation(trained: Trained, dataset: Dataset, *, prefix: str = "", deta
         tracking.log_text("\n".join(trained.warnings) + "\n", "warnings.txt")
     if not details:
         return
+    log_inputs(dataset, declared.tables, declared.label)
     tracking.log_figures(trained.report.figures)
     tracking.log_tables(trained.report.tables)
     tracking.log_tables(trained.tables)

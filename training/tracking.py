@@ -10,7 +10,6 @@ folder ``mlruns/`` under the project root (both ignored by git).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -120,14 +119,6 @@ def git_commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def file_hash(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class DataFingerprint:
     """What a model was trained on, logged with every run."""
@@ -137,10 +128,25 @@ class DataFingerprint:
     entities: int
     first: str
     last: str
-    file_sha256: str
 
     def as_params(self) -> dict[str, str]:
         return {f"data_{k}": str(v) for k, v in self.__dict__.items()}
+
+
+def log_dataset_input(frame: pd.DataFrame, *, source: str, name: str, targets: str | None = None) -> None:
+    """A table a run read, as an MLflow dataset input (source, digest, schema, row count), so the UI
+    shows what each model was trained on. Columns of types MLflow's schema cannot describe (pandas'
+    Arrow-backed strings, categoricals) are logged as plain text."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    plain = frame.copy()
+    for column in plain.columns:
+        dtype = plain[column].dtype
+        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+            plain[column] = plain[column].astype(object)
+    dataset = from_pandas(plain, source=source, name=name, targets=targets)
+    mlflow.log_input(dataset, context="training")
 
 
 def log_params(params: Mapping[str, object]) -> None:
