@@ -97,6 +97,26 @@ class SkewedLog1p(BaseEstimator, TransformerMixin):
         return values
 
 
+class ClipToRange(BaseEstimator, TransformerMixin):
+    """Each column clipped to the range it had on the training rows (missing values stay missing)."""
+
+    def fit(self, x: Any, y: Any = None) -> ClipToRange:
+        import warnings
+
+        values = np.asarray(x, dtype=float)
+        finite = np.where(np.isfinite(values), values, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column: no range, no clipping
+            self.low_ = np.nan_to_num(np.nanmin(finite, axis=0), nan=-np.inf)
+            self.high_ = np.nan_to_num(np.nanmax(finite, axis=0), nan=np.inf)
+        self.n_features_in_ = values.shape[1]
+        return self
+
+    def transform(self, x: Any) -> np.ndarray:
+        values = np.asarray(x, dtype=float)
+        return np.where(np.isnan(values), np.nan, np.clip(values, self.low_, self.high_))
+
+
 class ColumnScore(BaseEstimator):
     """A baseline that is one model output used as a score: P(alive), 1 - P(alive), exp(-E[X])."""
 

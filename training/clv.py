@@ -32,7 +32,7 @@ import pandas as pd
 from features.config import TRANSACTION_REQUIRED
 from features.io import Dataset
 from training.btyd import BTYDModel, FitError, expected_orders_curve, fit_btyd, predict_btyd
-from training.candidates import CLV_BASELINES, CLV_CANDIDATES, Choice, SkewedLog1p, choose_and_report
+from training.candidates import CLV_BASELINES, CLV_CANDIDATES, Choice, ClipToRange, SkewedLog1p, choose_and_report
 from training.columns import Columns, feature_matrix, values_of, with_columns
 from training.common import (
     CustomerModel,
@@ -165,13 +165,15 @@ class CLVModel(CustomerModel):
 
 def poisson_glm(seed: int) -> Any:
     """A regularised Poisson regression (log link: spend is non-negative and skewed) on log1p-transformed,
-    imputed and standardised features."""
+    imputed and standardised features, each clipped to its training range first: a log link
+    extrapolates exponentially, so a customer beyond anything seen in training would overflow."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import PoissonRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(
+        ClipToRange(),
         SkewedLog1p(),
         SimpleImputer(strategy="median", keep_empty_features=True),
         StandardScaler(),
@@ -249,9 +251,12 @@ def _fit_clv(dataset: Dataset, config: ModelConfig, order: tuple[str, ...]) -> _
             importance = pd.Series(regressors["xgboost"].feature_importances_, index=columns).sort_values(
                 ascending=False
             )
-        reports[name] = evaluate_regression(
-            actual, model.expected_spend(split.test, name), feature_importance=importance
-        )
+        predicted = model.expected_spend(split.test, name)
+        if not np.isfinite(predicted).all():
+            bad = int((~np.isfinite(predicted)).sum())
+            warnings.append(f"{name} left out: {bad} non-finite predictions at cut-off {split.test_cutoff:%Y-%m-%d}")
+            continue
+        reports[name] = evaluate_regression(actual, predicted, feature_importance=importance)
     params = {**btyd.params, "bgnbd_penalizer": btyd.bgnbd_penalizer, "gg_penalizer": btyd.gamma_gamma_penalizer}
     return _Fit(model, reports, split, len(train_frame), params, warnings)
 
@@ -273,9 +278,12 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
             where = (
                 f"the validation window {validation.split.test_cutoff:%Y-%m-%d} + {validation.model.horizon_days} days"
             )
-            choice = choose_and_report(validation.reports, fit.reports, order, baselines, where, SELECTION_METRIC)
+            warnings += validation.warnings
+            scored = tuple(n for n in order if n in fit.reports and n in validation.reports)
+            choice = choose_and_report(validation.reports, fit.reports, scored, baselines, where, SELECTION_METRIC)
     if choice is None:
-        choice = Choice(order[0], f"{order[0]}: not compared", {}, fit.reports, tuple(baselines))
+        first = next(n for n in order if n in fit.reports)
+        choice = Choice(first, f"{first}: not compared", {}, fit.reports, tuple(baselines))
     model, split = fit.model, fit.split
     model.method = choice.winner
     example = contract_example(dataset)
@@ -285,7 +293,7 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
         registered_name=registered_name(NAME, dataset.config.name),
         model=model,
         report=choice.test[choice.winner],
-        baselines={n: choice.test[n] for n in baselines},
+        baselines={n: choice.test[n] for n in baselines if n in choice.test},
         test_window=f"{split.test_cutoff:%Y-%m-%d} + {config.horizon_days} days",
         params={
             **params_for_logging(config),
