@@ -279,13 +279,18 @@ def _sklift_quietly() -> Iterator[None]:
 def qini_auc(y: np.ndarray, score: np.ndarray, treatment: np.ndarray) -> float:
     """The Qini coefficient: area between the Qini curve and the random line over that of the
     perfect ranking (treated responders first, control responders last; negative effects allowed).
-    0/1 outcomes: scikit-uplift's ``qini_auc_score``; other outcomes: the same formula on
-    :func:`qini_points`."""
+    0/1 outcomes: scikit-uplift's ``qini_auc_score``; other outcomes: :func:`qini_auc_numpy`."""
     if _is_binary(y):
         from sklift.metrics import qini_auc_score
 
         with _sklift_quietly():
             return float(qini_auc_score(y, score, treatment))
+    return qini_auc_numpy(y, score, treatment)
+
+
+def qini_auc_numpy(y: np.ndarray, score: np.ndarray, treatment: np.ndarray) -> float:
+    """scikit-uplift's Qini coefficient formula on :func:`qini_points`, for any outcome (a test holds
+    it equal to the library's on 0/1 outcomes)."""
     x_model, q_model = qini_points(y, score, treatment)
     x_best, q_best = qini_points(y, y * treatment - y * (1 - treatment), treatment)
     random = x_best[-1] * q_best[-1] / 2.0
@@ -301,17 +306,28 @@ def uplift_at(y: np.ndarray, score: np.ndarray, treatment: np.ndarray, share: fl
 
         with _sklift_quietly():
             return float(uplift_at_k(y, score, treatment, strategy="overall", k=share))
-    top = np.argsort(score, kind="mergesort")[::-1][: int(np.ceil(share * len(y)))]
+    return uplift_at_numpy(y, score, treatment, share)
+
+
+def uplift_at_numpy(y: np.ndarray, score: np.ndarray, treatment: np.ndarray, share: float) -> float:
+    """scikit-uplift's ``uplift_at_k`` (strategy 'overall') for any outcome."""
+    top = np.argsort(score, kind="mergesort")[::-1][: int(len(y) * share)]
     treated = treatment[top] == 1
     if treated.all() or not treated.any():
         return float("nan")
     return float(y[top][treated].mean() - y[top][~treated].mean())
 
 
-def _uplift_metrics(y: np.ndarray, score: np.ndarray, treatment: np.ndarray) -> dict[str, float]:
-    metrics = {"qini_auc": qini_auc(y, score, treatment)}
+def uplift_metrics(
+    y: np.ndarray, score: np.ndarray, treatment: np.ndarray, *, library: bool = True
+) -> dict[str, float]:
+    """Qini AUC and uplift at 10/30/50%; ``library=False`` computes them with the numpy formulas
+    (equal to scikit-uplift's, about 3x faster: the bootstrap's resamples use them)."""
+    qini = qini_auc if library else qini_auc_numpy
+    at = uplift_at if library else uplift_at_numpy
+    metrics = {"qini_auc": qini(y, score, treatment)}
     for share in UPLIFT_SHARES:
-        metrics[f"uplift_at_{round(share * 100)}"] = uplift_at(y, score, treatment, share)
+        metrics[f"uplift_at_{round(share * 100)}"] = at(y, score, treatment, share)
     return metrics
 
 
@@ -326,7 +342,7 @@ def bootstrap_intervals(
     draws: dict[str, list[float]] = {}
     for _ in range(resamples):
         rows = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        for name, value in _uplift_metrics(y[rows], score[rows], treatment[rows]).items():
+        for name, value in uplift_metrics(y[rows], score[rows], treatment[rows], library=False).items():
             draws.setdefault(name, []).append(value)
     tail = (1 - level) / 2 * 100
     out = {}
@@ -407,7 +423,7 @@ def evaluate_uplift(
     t = np.asarray(treatment, dtype=float).ravel()
     if len(t) != len(y) or not _is_binary(t) or t.min() == t.max():
         raise ValueError("treatment must be 0/1 for every row, with both treated and control rows")
-    metrics = _uplift_metrics(y, s, t)
+    metrics = uplift_metrics(y, s, t)
     if bootstrap:
         metrics |= bootstrap_intervals(y, s, t, bootstrap, seed)
     metrics |= {
