@@ -112,7 +112,7 @@ def policy_value(actions: np.ndarray, arm: np.ndarray, outcome: np.ndarray, prop
     """Inverse propensity weighting (Horvitz-Thompson; Dudík, Langford & Li 2011, eq. 1): the mean
     outcome had every customer received ``actions``, from randomised data, (1/n) sum 1[A_i = pi(x_i)]
     Y_i / e(A_i), with e the probability of each arm by design. Unbiased when every arm has e > 0."""
-    weights = np.array([1.0 / propensity[a] for a in arm])
+    weights = 1.0 / pd.Series(arm).map(propensity).to_numpy(dtype=float)
     return float(np.mean((np.asarray(actions) == np.asarray(arm)) * np.asarray(outcome, dtype=float) * weights))
 
 
