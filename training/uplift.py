@@ -47,7 +47,7 @@ from training.common import InputRowsError, Trained, params_for_logging, xgb_par
 from training.config import MicroSegmentRules, ModelConfig, UpliftSettings
 from training.evaluation import Report, bootstrap_intervals, evaluate_uplift, qini_auc
 from training.families import Family, registered_name
-from training.guards import TrainingRefusedError
+from training.guards import TrainingRefusedError, check_leakage
 
 NAME = "uplift"
 BASELINES = ("random", "response_model")
@@ -292,6 +292,7 @@ class CampaignData:
     train: np.ndarray  # positions
     test: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    leakage: pd.Series | None = None  # each attribute's own ROC AUC of the primary outcome
 
 
 def campaign_rows(dataset: Dataset, settings: UpliftSettings) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -348,10 +349,14 @@ def prepare(dataset: Dataset, config: ModelConfig) -> CampaignData:
         random_state=config.seed,
     )
     columns = attribute_columns(frame)
+    # An outcome recorded as an attribute (a post-send column) would make uplift look too good.
+    primary = y[settings.primary_outcome][train]
+    leakage = check_leakage(frame.iloc[train][columns], pd.Series(primary > 0), config.guards, seed=config.seed)
     encoder = AttributeEncoder(max_levels=dataset.config.features.max_attribute_levels).fit(frame.iloc[train], columns)
     x = encoder.transform(frame).to_numpy(dtype=float)
     arms = treatment_arms(frame, table)
-    return CampaignData(frame, x, arm, y, arms, table.control_arm, encoder, np.sort(train), np.sort(test), warnings)
+    split = (np.sort(train), np.sort(test))
+    return CampaignData(frame, x, arm, y, arms, table.control_arm, encoder, *split, warnings, leakage)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -740,7 +745,15 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
         input_example=example,
         output_example=model.predict(None, example),
         extra_metrics=summary_metrics(results, policy),
-        tables={"candidates": candidates_table(results), "randomisation": balance, "policy": policy},
+        tables={
+            "candidates": candidates_table(results),
+            "randomisation": balance,
+            "policy": policy,
+            "single_column_auc": (data.leakage if data.leakage is not None else pd.Series(dtype=float))
+            .rename("roc_auc")
+            .rename_axis("column")
+            .reset_index(),
+        },
         train_rows=len(data.train),
         test_rows=len(data.test),
         required_inputs=[table.columns["customer_id"]] if "customer_id" in table.columns else [],
