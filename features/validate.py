@@ -447,7 +447,8 @@ def _map_ids(raw: pd.DataFrame, table: TableConfig, id_column: str, collector: _
         np.ones(len(raw), dtype=bool),
         id_column,
         f"have no {id_column} column mapped: each id is the row number ('{ROW_ID_PREFIX}1', '{ROW_ID_PREFIX}2', ...)",
-        f"map {id_column} under the table's columns to keep your own ids (label_from needs them)",
+        f"map {id_column} under the table's columns to keep your own ids"
+        + (" (label_from needs them)" if id_column == "lead_id" else ""),
         outcome="kept",
     )
     return ids, True
