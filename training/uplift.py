@@ -120,8 +120,7 @@ def _policy_figures(
     policies: Mapping[str, np.ndarray], arm: np.ndarray, outcomes: Mapping[str, np.ndarray], control: str
 ) -> dict[str, dict[str, float]]:
     """Per policy: incremental outcomes per 1,000 customers over 'no one' (IPW) and sends per 1,000."""
-    values, shares = pd.Series(arm).value_counts(normalize=True), {}
-    shares = {str(a): float(values[a]) for a in values.index}
+    shares = {str(a): float(v) for a, v in pd.Series(arm).value_counts(normalize=True).items()}
     nobody = np.full(len(arm), control, dtype=object)
     out: dict[str, dict[str, float]] = {}
     for name, actions in policies.items():
