@@ -132,6 +132,7 @@ def test_outcomes_from_transactions_count_the_window_after_each_send() -> None:
 # Metrics and decisions
 
 
+@pytest.mark.filterwarnings("ignore:.*stable_cumsum:FutureWarning")  # scikit-uplift on scikit-learn 1.9 (README)
 def test_qini_curve_for_any_outcome_equals_scikit_uplift_on_binary_outcomes() -> None:
     from sklift.metrics import qini_curve
 
