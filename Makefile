@@ -49,7 +49,7 @@ help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort -t: -k1,1 \
 		| awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: DATA=<bundled name|path.yaml> (default cdnow; bundled: cdnow online_retail x_education telco)"
+	@echo "Variables: DATA=<bundled name|path.yaml> (default cdnow; bundled: cdnow online_retail x_education telco hillstrom)"
 	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"
 	@echo "           BENCH_CUSTOMERS=N (default 1000000)  MODEL=<family>  CONFIG=<yaml>  TRIALS=N  EXPERIMENT=<name>"
 	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)"
@@ -105,7 +105,7 @@ training-set: setup ## Features + labels at monthly cut-offs, stacked with a 'cu
 	$(VALUECAST) training-set --data $(DATA) --horizon-days $(HORIZON_DAYS) $(if $(CUTOFFS),--cutoffs $(CUTOFFS),) --out $(OUT)
 
 .PHONY: train
-train: setup ## Train MODEL (churn|propensity|lead_score|clv|all, default all) on DATA, log to MLflow, promote if better
+train: setup ## Train MODEL (churn|propensity|lead_score|clv|uplift|all, default all) on DATA, log to MLflow, promote if better
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: score
@@ -179,6 +179,10 @@ bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow
 .PHONY: bench-score
 bench-score: setup ## make score on 1M synthetic customers / 10M transactions: local engine, then Spark
 	$(BIN)/python -m benchmarks.bench_score --customers $(BENCH_CUSTOMERS)
+
+.PHONY: bench-uplift
+bench-uplift: setup ## Uplift on Hillstrom, the issue's protocol (70/30 by arm and outcome, seeds 0-4): Qini, uplift@30%, policy
+	$(BIN)/python -m benchmarks.bench_uplift --data hillstrom
 
 .PHONY: clean
 clean: ## Remove outputs and caches (keeps .venv and the MLflow store)

@@ -27,10 +27,21 @@ TRANSACTION_REQUIRED = ("customer_id", "timestamp", "amount")
 TRANSACTION_OPTIONAL = ("order_id", "quantity", "product_id", "category", "channel")
 CUSTOMER_OPTIONAL = ("signup_date", "cancellation_date", "churned", "do_not_contact", "opted_out")
 LEAD_OPTIONAL = ("created_at", "converted")
+# A campaign log: who got which arm (the control arm included) and, optionally, when and what followed.
+CAMPAIGN_OUTCOMES = ("visit", "conversion", "spend")
+CAMPAIGN_COLUMNS = ("customer_id", "arm", "sent_at", *CAMPAIGN_OUTCOMES)
 # Model inputs derived from a lead's created_at (day of week 0 = Monday, month 1-12, hour 0-23).
 LEAD_CALENDAR = ("created_dow", "created_month", "created_hour")
 CONTRACT_NAMES = frozenset(
-    {*TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL, "customer_id", *CUSTOMER_OPTIONAL, "lead_id", *LEAD_OPTIONAL}
+    {
+        *TRANSACTION_REQUIRED,
+        *TRANSACTION_OPTIONAL,
+        "customer_id",
+        *CUSTOMER_OPTIONAL,
+        "lead_id",
+        *LEAD_OPTIONAL,
+        *CAMPAIGN_COLUMNS,
+    }
 )
 # Words for date_format that fix only the order of day and month, for dates such as 01-02-2018.
 DATE_ORDERS = ("day_first", "month_first")
@@ -177,6 +188,43 @@ class TableConfig(FileOptions):
         return self.date_format
 
 
+class CampaignTableConfig(TableConfig):
+    """A campaign log: one row per customer and send, with the arm each customer was randomised to.
+
+    The outcomes (visit, conversion, spend) are either columns of the file (Hillstrom) or computed
+    from the transactions in the ``outcome_window_days`` after ``sent_at`` (a shop's own send log).
+    They are never model inputs; every other column is a pre-treatment attribute.
+    """
+
+    control_arm: str = Field(description="The value of the arm column that means 'not contacted' (the control).")
+    arms: list[str] | None = Field(
+        default=None, description="Treatment arms to use; default every arm in the file other than the control."
+    )
+    min_per_arm: int = Field(default=100, ge=1, description="Fewest rows an arm (the control included) may have.")
+    outcome_window_days: int = Field(
+        default=14, ge=1, le=366, description="Outcomes from transactions: days after sent_at that count."
+    )
+    max_imbalance_smd: float = Field(
+        default=0.1,
+        gt=0,
+        description="Randomisation check: a pre-treatment attribute whose standardized mean difference between "
+        "an arm and the control is above this (and significant) is reported: the arms are not comparable.",
+    )
+
+    @model_validator(mode="after")
+    def _campaign_columns(self) -> CampaignTableConfig:
+        if "arm" not in self.columns:
+            raise ValueError("a campaigns table needs the arm column: map arm under campaigns.columns")
+        if self.arms is not None and self.control_arm in self.arms:
+            raise ValueError(f"control_arm '{self.control_arm}' is also listed in arms: list treatment arms only")
+        if not any(o in self.columns or o in self.derived for o in CAMPAIGN_OUTCOMES) and "sent_at" not in self.columns:
+            raise ValueError(
+                "campaign outcomes come from outcome columns (visit, conversion, spend) or from the transactions "
+                "after sent_at: map one of them under campaigns.columns"
+            )
+        return self
+
+
 class CategoryKeywords(_Strict):
     """Derive the contract's ``category`` from a free-text column by keywords (first match wins)."""
 
@@ -207,6 +255,7 @@ class DatasetConfig(_Strict):
     transactions: TableConfig | None = None
     customers: TableConfig | None = None
     leads: TableConfig | None = None
+    campaigns: CampaignTableConfig | None = None
     missing_values: list[str] = Field(
         default_factory=list, description="Labels that mean 'not answered' in any column, e.g. 'Select'."
     )
@@ -217,7 +266,7 @@ class DatasetConfig(_Strict):
     category_keywords: CategoryKeywords | None = None
     features: FeatureSettings = FeatureSettings()
 
-    @field_validator("transactions", "customers", "leads")
+    @field_validator("transactions", "customers", "leads", "campaigns")
     @classmethod
     def _known_contract_columns(cls, table: TableConfig | None, info: Any) -> TableConfig | None:
         if table is None:
@@ -226,6 +275,7 @@ class DatasetConfig(_Strict):
             "transactions": set(TRANSACTION_REQUIRED + TRANSACTION_OPTIONAL),
             "customers": {"customer_id", *CUSTOMER_OPTIONAL},
             "leads": {"lead_id", *LEAD_OPTIONAL},
+            "campaigns": set(CAMPAIGN_COLUMNS),
         }[info.field_name]
         for name in [*table.columns, *table.derived]:
             if name not in allowed:
@@ -240,22 +290,31 @@ class DatasetConfig(_Strict):
                     "label_from joins on the lead id: map lead_id under leads.columns, or name the leads "
                     "column to match with label_from.lead_column"
                 )
-        collisions = attribute_name_collisions(table.attributes or [])
+        collisions = attribute_name_collisions(table.attributes or [], campaign=info.field_name == "campaigns")
         if collisions:
             raise ValueError("; ".join(collisions) + ": rename the column in the file, or leave it out of attributes")
         return table
 
     @model_validator(mode="after")
     def _has_a_table(self) -> DatasetConfig:
-        if self.transactions is None and self.customers is None and self.leads is None:
-            raise ValueError("a dataset needs at least one of 'transactions', 'customers' or 'leads'")
+        if self.transactions is None and self.customers is None and self.leads is None and self.campaigns is None:
+            raise ValueError("a dataset needs at least one of 'transactions', 'customers', 'leads' or 'campaigns'")
+        campaigns = self.campaigns
+        outcomes = campaigns is not None and any(o in campaigns.columns for o in CAMPAIGN_OUTCOMES)
+        if campaigns is not None and self.transactions is None and not outcomes:
+            raise ValueError(
+                "campaigns: outcomes come from the transactions after sent_at, but the dataset has no "
+                "transactions table: add one, or map the outcome columns (visit, conversion, spend)"
+            )
         return self
 
 
-def attribute_name_collisions(attributes: list[str]) -> list[str]:
+def attribute_name_collisions(attributes: list[str], *, campaign: bool = False) -> list[str]:
     """Attribute columns whose name, or the name features.attributes makes of it (``attr_<slug>``),
-    is a contract column's or another attribute's: the model inputs could not be told apart."""
-    reserved = {*CONTRACT_NAMES, *LEAD_CALENDAR, "_row"}
+    is a contract column's or another attribute's: the model inputs could not be told apart. A
+    campaign log is a table of its own: only its own contract names are taken (Hillstrom's
+    ``channel`` is an attribute there)."""
+    reserved = {*CAMPAIGN_COLUMNS, "_row"} if campaign else {*CONTRACT_NAMES, *LEAD_CALENDAR, "_row"}
     problems = []
     seen: dict[str, str] = {}
     for column in attributes:

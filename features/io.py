@@ -55,9 +55,10 @@ class Dataset:
     transactions: Checked | None = None
     customers: Checked | None = None
     leads: Checked | None = None
+    campaigns: Checked | None = None
 
     def checked_tables(self) -> Iterator[tuple[str, Checked]]:
-        for kind in ("transactions", "customers", "leads"):
+        for kind in ("transactions", "customers", "leads", "campaigns"):
             checked = getattr(self, kind)
             if checked is not None:
                 yield kind, checked
@@ -383,9 +384,12 @@ def load_dataset(
     *,
     as_of: pd.Timestamp | None = None,
     now: pd.Timestamp | None = None,
-    kinds: tuple[Kind, ...] = ("transactions", "customers", "leads"),
+    kinds: tuple[Kind, ...] = ("transactions", "customers", "leads", "campaigns"),
 ) -> Dataset:
-    """Read and check every configured table of the given kinds."""
+    """Read and check every configured table of the given kinds; a campaign log also gets the
+    checks of :func:`features.campaigns.check_campaigns` (arms, control, rows per arm, randomisation)."""
+    from features.campaigns import check_campaigns
+
     dataset = Dataset(config)
     now = now if now is not None else pd.Timestamp.now()
     seen_columns: set[str] = set()
@@ -399,9 +403,11 @@ def load_dataset(
         checked = _check(raw, table, config, kind, str(path), as_of=as_of, now=now)
         if table.label_from is not None:
             checked = _join_label(config, table, raw, checked)
+        if kind == "campaigns":
+            checked = check_campaigns(checked, config.campaigns, str(path), config.source_file)  # type: ignore[arg-type]
         setattr(dataset, kind, checked)
     unknown = sorted(set(config.value_maps) - seen_columns)
-    if unknown and set(kinds) == {"transactions", "customers", "leads"}:
+    if unknown and {"transactions", "customers", "leads"} <= set(kinds):
         raise ConfigError(
             f"{config.source_file}: value_maps names column(s) {unknown} that no table has; "
             "check the spelling against the file's header"

@@ -29,7 +29,7 @@ from features.config import (
 from features.expressions import ExpressionError, evaluate_expression, parse_expression
 
 ROW = "_row"
-Kind = Literal["transactions", "customers", "leads"]
+Kind = Literal["transactions", "customers", "leads", "campaigns"]
 FIRST_ROWS_SHOWN = 5
 
 
@@ -345,9 +345,11 @@ def _apply_category_keywords(raw: pd.DataFrame, config: DatasetConfig, source: s
     return category.astype("string")
 
 
-ID_COLUMN = {"transactions": "customer_id", "customers": "customer_id", "leads": "lead_id"}
-REQUIRED = {"transactions": TRANSACTION_REQUIRED, "customers": ("customer_id",), "leads": ()}
-DATE_COLUMNS = ("timestamp", "signup_date", "cancellation_date", "created_at")
+ID_COLUMN = {"transactions": "customer_id", "customers": "customer_id", "leads": "lead_id", "campaigns": "customer_id"}
+# campaigns: the arm is required by its config (CampaignTableConfig); scoring maps no arm.
+REQUIRED = {"transactions": TRANSACTION_REQUIRED, "customers": ("customer_id",), "leads": (), "campaigns": ()}
+DATE_COLUMNS = ("timestamp", "signup_date", "cancellation_date", "created_at", "sent_at")
+BINARY_COLUMNS = ("converted", "churned", "visit", "conversion")
 ROW_ID_PREFIX = "row-"
 
 
@@ -398,8 +400,8 @@ def check_table(
         out[name] = values
     if "amount" in out.columns:
         _flag_amounts(out["amount"], table, collector)
-    _carry_contract_columns(raw, table, config, kind, source, out)
-    _add_attributes(raw, table, config, source, file_columns, out)
+    _carry_contract_columns(raw, table, config, kind, source, out, collector)
+    _add_attributes(raw, table, config, source, file_columns, out, campaign=kind == "campaigns")
     _flag_duplicates(raw, table, file_columns, ids, collector, out.get("timestamp"))
     if "timestamp" in out.columns:
         _flag_dates_outside(out["timestamp"], table.columns["timestamp"], collector, as_of, now)
@@ -445,7 +447,8 @@ def _map_ids(raw: pd.DataFrame, table: TableConfig, id_column: str, collector: _
         np.ones(len(raw), dtype=bool),
         id_column,
         f"have no {id_column} column mapped: each id is the row number ('{ROW_ID_PREFIX}1', '{ROW_ID_PREFIX}2', ...)",
-        f"map {id_column} under the table's columns to keep your own ids (label_from needs them)",
+        f"map {id_column} under the table's columns to keep your own ids"
+        + (" (label_from needs them)" if id_column == "lead_id" else ""),
         outcome="kept",
     )
     return ids, True
@@ -516,7 +519,8 @@ def lead_calendar(created_at: pd.Series, written: pd.Series) -> dict[str, pd.Ser
 def _parse_number_columns(raw: pd.DataFrame, table: TableConfig, collector: _Collector, out: pd.DataFrame) -> None:
     comma = " or set decimal: ',' for numbers written 12,50" if table.decimal == "." else ""
     example = "12,50" if table.decimal == "," else "12.50"
-    for name in [c for c in ("amount", "quantity", "converted", "churned") if c in table.columns]:
+    numbers = ("amount", "quantity", "converted", "churned", "visit", "conversion", "spend")
+    for name in [c for c in numbers if c in table.columns]:
         file_column = table.columns[name]
         parsed = parse_numbers(raw[file_column], table.decimal)
         blank = _blank(raw[file_column])
@@ -536,8 +540,8 @@ def _parse_number_columns(raw: pd.DataFrame, table: TableConfig, collector: _Col
         if name == "amount":
             collector.flag(blank, file_column, "have no amount", "give every transaction an amount")
         out[name] = parsed
-    for name in ("converted", "churned"):
-        if name in out.columns:
+    for name in BINARY_COLUMNS:
+        if name in out.columns and name in table.columns:
             values = out[name]
             collector.flag(
                 (values.notna() & ~values.isin([0.0, 1.0])).to_numpy(dtype=bool),
@@ -564,12 +568,22 @@ def _flag_amounts(amount: pd.Series, table: TableConfig, collector: _Collector) 
 
 
 def _carry_contract_columns(
-    raw: pd.DataFrame, table: TableConfig, config: DatasetConfig, kind: Kind, source: str, out: pd.DataFrame
+    raw: pd.DataFrame,
+    table: TableConfig,
+    config: DatasetConfig,
+    kind: Kind,
+    source: str,
+    out: pd.DataFrame,
+    collector: _Collector,
 ) -> None:
     """Optional contract columns carried as they are, and the category from keywords."""
     for name in ("order_id", "product_id", "category", "channel", "do_not_contact", "opted_out"):
         if name in table.columns:
             out[name] = raw[table.columns[name]]
+    if kind == "campaigns" and "arm" in table.columns:
+        arm = raw[table.columns["arm"]].astype("string").str.strip()
+        out["arm"] = arm
+        collector.flag(_blank(arm), table.columns["arm"], "have no arm", "give every row the arm it was sent")
     if kind == "transactions" and config.category_keywords and "category" not in table.columns:
         out["category"] = _apply_category_keywords(raw, config, source)
     if "category" in out.columns:  # few distinct values: encode once, as the ids
@@ -583,6 +597,8 @@ def _add_attributes(
     source: str,
     file_columns: list[str],
     out: pd.DataFrame,
+    *,
+    campaign: bool = False,
 ) -> None:
     """Every file column not mapped, excluded or used by a rule (or the configured list) as is;
     text numbers written with a decimal comma become numbers."""
@@ -597,7 +613,7 @@ def _add_attributes(
     for column in attributes:
         if column not in raw.columns:
             raise DataError(f"{source}: attribute column '{column}' is not in the file; columns: {file_columns}")
-    collisions = attribute_name_collisions([str(c) for c in attributes])
+    collisions = attribute_name_collisions([str(c) for c in attributes], campaign=campaign)
     if collisions:
         raise DataError(
             f"{source}: " + "; ".join(collisions) + f". Add the column to {source and 'the table'}'s exclude, "

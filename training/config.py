@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.config import PROJECT_ROOT, ConfigError, format_validation_error
 
@@ -45,6 +45,51 @@ class Guards(_Strict):
         default=0.95, gt=0.5, le=1.0, description="A single column above this AUC stops training."
     )
     allow_columns: list[str] = Field(default_factory=list, description="Columns exempt from the leakage check.")
+
+
+Outcome = Literal["visit", "conversion", "spend"]
+OUTCOMES: tuple[Outcome, ...] = ("visit", "conversion", "spend")
+
+
+class MicroSegmentRules(_Strict):
+    """Uplift: the thresholds that put a customer in a micro segment for an arm (on the primary
+    outcome's scale: a probability difference for visit and conversion)."""
+
+    persuadable_min_uplift: float = Field(default=0.02, description="Uplift at least this: persuadable.")
+    do_not_disturb_max_uplift: float = Field(
+        default=-0.01, le=0, description="Uplift at most this (a negative effect): do-not-disturb, suppressed."
+    )
+    sure_thing_min_response: float = Field(
+        default=0.2, ge=0, description="Otherwise: response probability at least this is a sure thing, else lost cause."
+    )
+
+
+class UpliftSettings(_Strict):
+    """Uplift: outcomes to model, the primary (arm, outcome), costs and values of the next best action."""
+
+    outcomes: list[Outcome] = Field(default_factory=lambda: list(OUTCOMES), min_length=1)
+    primary_outcome: Outcome = "visit"
+    primary_arm: str | None = Field(
+        default=None, description="Arm whose Qini AUC is the primary metric; default: the mean over the arms."
+    )
+    validation_size: float = Field(default=0.3, gt=0, lt=1, description="Share of the training part to choose on.")
+    bootstrap: int = Field(default=200, ge=0, le=5000, description="Bootstrap resamples for the intervals (0: none).")
+    costs: dict[str, float] = Field(default_factory=dict, description="Arm -> cost per customer sent (default 0).")
+    action_outcome: Outcome = Field(
+        default="spend", description="The outcome whose uplift the next best action values."
+    )
+    value_per_unit: float = Field(
+        default=1.0, gt=0, description="Money per incremental unit of action_outcome (1 for spend)."
+    )
+    segments: MicroSegmentRules = MicroSegmentRules()
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="Seeds of the benchmark protocol.")
+
+    @model_validator(mode="after")
+    def _modelled(self) -> UpliftSettings:
+        for key in ("primary_outcome", "action_outcome"):
+            if getattr(self, key) not in self.outcomes:
+                raise ValueError(f"{key} '{getattr(self, key)}' is not among outcomes {self.outcomes}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -103,6 +148,7 @@ class ModelConfig(_Strict):
     top_reasons: int = Field(default=3, ge=0)
     xgboost: XGBoostParams = XGBoostParams()
     guards: Guards = Guards()
+    uplift: UpliftSettings | None = Field(default=None, description="Uplift family only (configs/models/uplift.yaml).")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

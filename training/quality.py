@@ -2,8 +2,9 @@
 
 Trains with the shipped configs (pure training: nothing is logged or registered) and writes the page
 atomically: per dataset and family, every candidate's validation and test figures, the winner and why,
-and the issue's targets checked: where one is missed the page says by how much. A section between the
-markers ``<!-- uplift -->`` and ``<!-- /uplift -->`` is kept as it is (written by the uplift report).
+and the issue's targets checked: where one is missed the page says by how much. The section between
+the ``<!-- uplift-hillstrom: begin`` and ``end -->`` markers is kept as it is (``make bench-uplift``
+writes it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SHOWN = {
     "classifier": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
     "regression": ("gini_normalized", "top20_capture", "aggregate_error", "spearman"),
 }
-KEPT_SECTION = ("<!-- uplift -->", "<!-- /uplift -->")
+KEPT_SECTION = ("<!-- uplift-hillstrom: begin", "<!-- uplift-hillstrom: end -->")
 
 
 @dataclass

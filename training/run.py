@@ -128,7 +128,7 @@ def load_for(family: str, data: str, config_path: Path | None = None) -> tuple[D
     config = load_model_config(family, dataset_config.name, config_path)
     declared = families.get(family)
     kinds = tuple(k for k in declared.tables if getattr(dataset_config, k, None) is not None)
-    dataset = load_dataset(dataset_config, kinds=kinds)  # type: ignore[arg-type]
+    dataset = load_dataset(dataset_config, kinds=kinds)
     return dataset_config, config, dataset
 
 
