@@ -96,13 +96,20 @@ class Champions:
     frozen: FrozenSegments | None = None
     segment_file: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    broken: set[str] = field(default_factory=set)  # families whose champion failed to load
 
     def versions(self, families_used: tuple[str, ...] | None = None) -> dict[str, str]:
         return {f: s.version for f, s in self.models.items() if families_used is None or f in families_used}
 
     def has(self, families_needed: tuple[str, ...]) -> bool:
-        """Whether every family is registered for this dataset (loaded, or failed with a reason)."""
-        return all(f in self.models or f in self.problems for f in families_needed)
+        """Whether this dataset has a champion of every family (loaded, or failed to load: then the
+        server is at fault, not the request). A family never registered here, or whose champion
+        cannot score this kind of input (a snapshot model), is not had."""
+        return all(f in self.models or f in self.broken for f in families_needed)
+
+    def why_not(self, families_needed: tuple[str, ...]) -> str:
+        """The problems of the families a request needs, for an error message ('' when none)."""
+        return "; ".join(f"{f}: {self.problems[f]}" for f in families_needed if f in self.problems)
 
     def require(self, families_needed: tuple[str, ...]) -> None:
         missing = [f for f in families_needed if f not in self.models]
@@ -199,6 +206,7 @@ def load_champions(dataset: str, segment_file: Path | None = None) -> Champions:
             served = _served(client, family, name, dataset, version)
         except Exception as exc:  # a broken artifact must not take the other models down
             champions.problems[family] = f"{name} v{version.version} failed to load: {type(exc).__name__}: {exc}"
+            champions.broken.add(family)
             continue
         if (wrong := _wrong_kind(family, served)) is not None:
             champions.problems[family] = wrong
@@ -347,7 +355,9 @@ def choose_dataset(catalog: Catalog, requested: str | None, needs: tuple[str, ..
         raise DatasetChoiceError(f"dataset '{name}' is not served here", name, able)
     champions = catalog.datasets[name]
     if not champions.has(needs):
-        raise DatasetChoiceError(f"dataset '{name}' has no {', '.join(needs)} model to score {what}", name, able)
+        why = champions.why_not(needs)
+        message = f"dataset '{name}' has no {', '.join(needs)} model to score {what}" + (f" ({why})" if why else "")
+        raise DatasetChoiceError(message, name, able)
     champions.require(needs)
     if needs == CUSTOMER_FAMILIES and champions.frozen is None:
         raise NotReadyError(champions.problems.get("segments", f"no frozen segment file for dataset '{name}'"))
