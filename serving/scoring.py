@@ -114,8 +114,13 @@ class Champions:
     def require(self, families_needed: tuple[str, ...]) -> None:
         missing = [f for f in families_needed if f not in self.models]
         if missing:
-            reasons = "; ".join(f"{f}: {self.problems.get(f, 'not loaded')}" for f in missing)
+            reasons = "; ".join(f"{f}: {self.problems.get(f, self._unregistered(f))}" for f in missing)
             raise NotReadyError(f"model(s) of dataset '{self.dataset}' not available: {reasons}")
+
+    def _unregistered(self, family: str) -> str:
+        if not self.dataset:
+            return "not loaded"
+        return f"no registered model {families.registered_name(family, self.dataset)}"
 
     @property
     def ready_for_customers(self) -> bool:
