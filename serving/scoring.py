@@ -205,7 +205,8 @@ def load_champions(dataset: str, segment_file: Path | None = None) -> Champions:
         try:
             version = client.get_model_version_by_alias(name, tracking.CHAMPION)
         except MlflowException:
-            champions.problems[family] = f"no '{tracking.CHAMPION}' version of {name} in {tracking.tracking_uri()}"
+            store = tracking.redacted(tracking.tracking_uri())  # problems are shown by /models
+            champions.problems[family] = f"no '{tracking.CHAMPION}' version of {name} in {store}"
             continue
         try:
             served = _served(client, family, name, dataset, version)
