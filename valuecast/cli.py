@@ -291,11 +291,17 @@ def _demo_segments(out: Path) -> None:
     from features.config import load_dataset_config
     from features.io import load_dataset
     from serving.batch import run, summary_table
+    from serving.scoring import CUSTOMER_FAMILIES, NotReadyError
     from training import tracking
 
     with user_errors():
         dataset = load_dataset(load_dataset_config("cdnow"), kinds=("transactions",))
         champions = _dataset_champions(dataset.config.name)
+        try:
+            champions.require(CUSTOMER_FAMILIES)
+        except NotReadyError as exc:  # e.g. a version that lost to its baseline stays challenger
+            typer.echo(f"\nBatch scoring of CDNOW skipped: {exc}. Promote a version: make promote DATA=cdnow ...")
+            return
         with step("batch scoring CDNOW as of 1998-07-01 (segment cut-offs frozen on it)"):
             result = run(champions, dataset, out, as_of=pd.Timestamp("1998-07-01"), refreeze=True)
             tracking.log_batch_run(result.summary, out)
