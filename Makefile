@@ -37,6 +37,7 @@ EXPERIMENT ?=
 METRIC ?=
 VERSION ?=
 UI_PORT ?= 5000
+JSON ?=
 
 as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
 
@@ -52,8 +53,8 @@ help: ## List the targets and their variables
 	@echo "Variables: DATA=<bundled name|path.yaml> (default cdnow; bundled: cdnow online_retail x_education telco hillstrom)"
 	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"
 	@echo "           BENCH_CUSTOMERS=N (default 1000000)  MODEL=<family>  CONFIG=<yaml>  TRIALS=N  EXPERIMENT=<name>"
-	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)"
-	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data)"
+	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)  JSON=1 (models)"
+	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data); the API: VALUECAST_DATASETS, VALUECAST_DEFAULT_DATASET"
 
 $(UV):
 	python$(PYTHON_VERSION) -m venv .tools
@@ -109,16 +110,16 @@ train: setup ## Train MODEL (churn|propensity|lead_score|clv|uplift|all, default
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: score
-score: setup ## Score every customer of DATA with the champions into OUT/ (scores, segments, report, CRM lists)
+score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists)
 	@test -n "$(OUT)" || { echo "error: set OUT=<folder>, e.g. make score DATA=cdnow OUT=out/scores"; exit 2; }
 	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE)
 
 .PHONY: segments
-segments: setup ## Score DATA with the champions and freeze the segment tier cut-offs (segments/*.json) for API and batch
+segments: setup ## Score DATA with its champions and freeze its tier cut-offs (segments/<dataset>/*.json) for API and batch
 	$(VALUECAST) segments --data $(DATA) $(as_of_arg) $(if $(RULES),--rules $(RULES),)
 
 .PHONY: serve
-serve: setup ## Start the scoring API (BentoML) on HOST:PORT (default 127.0.0.1:3000) with the champion models
+serve: setup ## Start the scoring API (BentoML) on HOST:PORT (default 127.0.0.1:3000) with every dataset's champions
 	OMP_NUM_THREADS=1 $(BIN)/bentoml serve serving.service:ValueService --host $(HOST) --port $(PORT)
 
 .PHONY: reload
@@ -140,14 +141,18 @@ compare: setup ## Runs of EXPERIMENT (e.g. valuecast-churn, sweep-churn-cdnow) s
 	$(VALUECAST) compare --experiment "$(EXPERIMENT)" $(if $(METRIC),--metric $(METRIC),) $(if $(OUT),--out $(OUT),)
 
 .PHONY: promote
-promote: setup ## Make VERSION the champion of MODEL (churn|propensity|lead_score|clv); recorded as tags
-	@test -n "$(VERSION)" -a "$(MODEL)" != "all" || { echo "error: set MODEL=<family> and VERSION=<n>, e.g. make promote MODEL=churn VERSION=3"; exit 2; }
-	$(VALUECAST) promote --model $(MODEL) --version $(VERSION)
+promote: setup ## Make VERSION the champion of MODEL (churn|propensity|lead_score|clv) for DATA; recorded as tags
+	@test -n "$(VERSION)" -a "$(MODEL)" != "all" || { echo "error: set MODEL=<family>, DATA=<dataset> and VERSION=<n>, e.g. make promote MODEL=churn DATA=cdnow VERSION=3"; exit 2; }
+	$(VALUECAST) promote --model $(MODEL) --data $(DATA) --version $(VERSION)
 
 .PHONY: rollback
-rollback: setup ## Move the champion of MODEL back to the previous champion; recorded as tags
-	@test "$(MODEL)" != "all" || { echo "error: set MODEL=<family>, e.g. make rollback MODEL=churn"; exit 2; }
-	$(VALUECAST) rollback --model $(MODEL)
+rollback: setup ## Move the champion of MODEL for DATA back to the previous champion; recorded as tags
+	@test "$(MODEL)" != "all" || { echo "error: set MODEL=<family> and DATA=<dataset>, e.g. make rollback MODEL=churn DATA=cdnow"; exit 2; }
+	$(VALUECAST) rollback --model $(MODEL) --data $(DATA)
+
+.PHONY: models
+models: setup ## Every registered model (valuecast-<family>-<dataset>): champion, candidate, test metric vs best baseline [JSON=1]
+	$(VALUECAST) models $(if $(JSON),--json,)
 
 .PHONY: ui
 ui: setup ## MLflow UI on 127.0.0.1:UI_PORT (default 5000, one worker) against the same store

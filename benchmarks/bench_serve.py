@@ -180,9 +180,9 @@ def main() -> None:
     print("setting up: training churn, propensity and CLV on the CDNOW sample into a temporary store ...")
     for family in ("churn", "propensity", "clv"):
         train_and_log(family, "cdnow_sample", echo=lambda _: None)
-    champions = load_champions()
+    champions = load_champions("cdnow_sample")
     scores, facts = model_scores(champions, load_dataset(load_dataset_config("cdnow_sample")), AS_OF)
-    write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"))
+    write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"), "cdnow_sample")
 
     pool = customers(400)
     bin_dir = Path(sys.executable).parent

@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.columns import rows_of
+from training.families import DATASET_NAME
 
 OPTIONAL_TRANSACTION_FIELDS = ("category", "order_id", "quantity", "channel", "product_id")
 MAX_CUSTOMERS = 10_000
@@ -53,7 +54,12 @@ class Customer(_Request):
         return text
 
 
+# Which dataset's champions score the request: a name as registered model names carry it.
+DatasetName = Field(default=None, pattern=DATASET_NAME.pattern)
+
+
 class ScoreRequest(_Request):
+    dataset: str | None = DatasetName
     as_of: date | None = None
     customers: list[Customer] = Field(min_length=1)
 
@@ -69,6 +75,7 @@ class ScoreRequest(_Request):
 
 
 class LeadRequest(_Request):
+    dataset: str | None = DatasetName
     leads: list[dict[str, Scalar]] = Field(min_length=1)
 
     @field_validator("leads")

@@ -192,14 +192,15 @@ def load_or_freeze(
     refreeze: bool,
     rules_path: Path | None,
 ) -> str:
-    """Use the latest frozen segment file (the API's), or freeze one on this scored population."""
-    path = None if refreeze else latest_frozen()
+    """Use the dataset's latest frozen segment file (the API's), or freeze one on this scored
+    population into the dataset's folder."""
+    path = None if refreeze else latest_frozen(champions.dataset)
     if path is not None:
         champions.frozen = load_frozen(path)
         return str(path)
     frozen = freeze(pd.concat([scores, facts], axis=1), load_rules(rules_path), population)
     champions.frozen = frozen
-    return str(write_frozen(frozen))
+    return str(write_frozen(frozen, champions.dataset))
 
 
 def _png(figure: Figure) -> str:
@@ -311,8 +312,15 @@ def run(
     engine: str = "local",
     progress: Callable[[str, int, int], None] = lambda step, done, total: None,
 ) -> BatchResult:
+    """Score every customer (and lead) of ``dataset`` into ``out`` with ``champions``, which must be
+    that dataset's own: another dataset's models and tiers would give its numbers to these customers."""
     if dataset.transactions is None:
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
+    if champions.dataset and champions.dataset != dataset.config.name:
+        raise NotReadyError(
+            f"the champions of dataset '{champions.dataset}' cannot score dataset '{dataset.config.name}': "
+            f"load_champions('{dataset.config.name}')"
+        )
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
     with atomic_folder(out) as work:  # nothing replaces OUT unless every step below succeeds
         scores, leads, info, segment_file = _score_into(
@@ -337,7 +345,7 @@ def _score_into(
     if engine == "spark":
         from serving import spark_engine
 
-        if refreeze or latest_frozen() is None:  # cut-offs need the whole population: one local pass
+        if refreeze or latest_frozen(champions.dataset) is None:  # cut-offs need the whole population: one local pass
             raw, facts = model_scores_of_dataset(champions, dataset, as_of)
             segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
         else:

@@ -1,15 +1,20 @@
 """Scoring with the champion models: one code path for the API and for batch scoring.
 
-:func:`load_champions` loads the ``champion`` version of each registered model from the MLflow
-registry, with the frozen segment file. :func:`score_customers` takes a checked dataset (a request's
-transactions or a whole customer base) and an as-of date and returns, per customer, every score,
-the segment columns and the model versions used. Customers with no transaction before the as-of
-date are scored as new customers (no history), not refused.
+Registered models are per (family, dataset): ``valuecast-churn-cdnow`` scores CDNOW's customers and
+nothing else, so training on one dataset never changes what another is scored with.
+:func:`load_champions` loads one dataset's ``champion`` versions from the MLflow registry, with that
+dataset's own frozen segment file; :func:`load_catalog` loads every served dataset's (the API).
+:func:`score_customers` takes a checked dataset (a request's transactions or a whole customer base)
+and an as-of date and returns, per customer, every score, the segment columns and the model versions
+used. Customers with no transaction before the as-of date are scored as new customers (no history),
+not refused.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,21 +22,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.config import ConfigError
 from features.io import Dataset
 from features.transactions import NS_PER_DAY, SUMMARY_COLUMNS, feature_arrays
-from serving.segments import FrozenSegments, assign, assign_columns, latest_frozen, load_frozen
-from training import tracking
+from serving.segments import (
+    FrozenSegments,
+    assign,
+    assign_columns,
+    latest_frozen,
+    load_frozen,
+    missing_frozen,
+)
+from training import families, tracking
 from training.btyd import BTYD_FEATURES
 from training.columns import without_columns
 from training.common import CustomerModel
 
-REGISTERED = {
-    "churn": "valuecast-churn",
-    "propensity": "valuecast-propensity",
-    "clv": "valuecast-clv",
-    "lead_score": "valuecast-lead-score",
-}
+# What POST /score and batch scoring combine into one row: their outputs are read by name below.
 CUSTOMER_FAMILIES = ("churn", "propensity", "clv")
+LEAD_FAMILIES = ("lead_score",)
+DATASETS_ENV = "VALUECAST_DATASETS"
 # Feature columns that describe the gaps between orders: unknown (missing) for a customer without history.
 UNKNOWN_FOR_NEW = (
     "days_since_first_order",
@@ -59,83 +69,309 @@ class Served:
     trained_at: str
     metrics: dict[str, float]
     dataset: str
+    candidate: str | None
     model: Any  # the PythonModel inside the logged pyfunc
 
     def describe(self) -> dict[str, Any]:
         return {
-            "family": self.family,
             "name": self.registered_name,
+            "dataset": self.dataset,
+            "family": self.family,
             "version": self.version,
             "run_id": self.run_id,
             "trained_at": self.trained_at,
-            "dataset": self.dataset,
+            "candidate": self.candidate,
             "metrics": self.metrics,
         }
 
 
 @dataclass
 class Champions:
+    """One dataset's champions and segment file; ``problems`` maps a family (or ``segments``) that
+    cannot be used to the reason."""
+
+    dataset: str = ""
     models: dict[str, Served] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     frozen: FrozenSegments | None = None
     segment_file: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    broken: set[str] = field(default_factory=set)  # families whose champion failed to load
 
-    def versions(self) -> dict[str, str]:
-        return {family: served.version for family, served in self.models.items()}
+    def versions(self, families_used: tuple[str, ...] | None = None) -> dict[str, str]:
+        return {f: s.version for f, s in self.models.items() if families_used is None or f in families_used}
 
-    def require(self, families: tuple[str, ...]) -> None:
-        missing = [f for f in families if f not in self.models]
+    def has(self, families_needed: tuple[str, ...]) -> bool:
+        """Whether this dataset has a champion of every family (loaded, or failed to load: then the
+        server is at fault, not the request). A family never registered here, or whose champion
+        cannot score this kind of input (a snapshot model), is not had."""
+        return all(f in self.models or f in self.broken for f in families_needed)
+
+    def why_not(self, families_needed: tuple[str, ...]) -> str:
+        """The problems of the families a request needs, for an error message ('' when none)."""
+        return "; ".join(f"{f}: {self.problems[f]}" for f in families_needed if f in self.problems)
+
+    def require(self, families_needed: tuple[str, ...]) -> None:
+        missing = [f for f in families_needed if f not in self.models]
         if missing:
-            reasons = "; ".join(f"{f}: {self.problems.get(f, 'not loaded')}" for f in missing)
-            raise NotReadyError(f"model(s) not available: {reasons}")
+            reasons = "; ".join(f"{f}: {self.problems.get(f, self._unregistered(f))}" for f in missing)
+            raise NotReadyError(f"model(s) of dataset '{self.dataset}' not available: {reasons}")
+
+    def _unregistered(self, family: str) -> str:
+        if not self.dataset:
+            return "not loaded"
+        return f"no registered model {families.registered_name(family, self.dataset)}"
 
     @property
     def ready_for_customers(self) -> bool:
         return all(f in self.models for f in CUSTOMER_FAMILIES) and self.frozen is not None
 
+    @property
+    def ready_for_leads(self) -> bool:
+        return all(f in self.models for f in LEAD_FAMILIES)
+
+    def state(self) -> dict[str, Any]:
+        """What this dataset can answer, for /readyz and /models."""
+        return {
+            "customers": self.ready_for_customers,
+            "leads": self.ready_for_leads,
+            "models": self.versions(),
+            "segment_version": self.frozen.version if self.frozen else None,
+            "segment_file": self.segment_file,
+            "problems": self.problems,
+        }
+
 
 MAIN_METRICS = ("roc_auc", "pr_auc", "brier", "gini_normalized", "top20_capture", "aggregate_error")
 
 
-def load_champions(segment_file: Path | None = None) -> Champions:
-    """The champion of every registered model there is; what cannot be loaded is kept as a problem."""
+def _served(client: Any, family: str, name: str, dataset: str, version: Any) -> Served:
+    """A champion version loaded for scoring; raises what loading raises."""
     import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
+    run = client.get_run(version.run_id)
+    return Served(
+        family=family,
+        registered_name=name,
+        version=str(version.version),
+        run_id=str(version.run_id),
+        trained_at=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").isoformat(),
+        metrics={k: float(v) for k, v in run.data.metrics.items() if k in MAIN_METRICS},
+        dataset=dataset,
+        candidate=version.tags.get("candidate"),
+        model=model,
+    )
+
+
+def _wrong_kind(family: str, served: Served) -> str | None:
+    """Why a champion cannot score its family's entity (None: it can): customer scoring computes
+    features from transactions, which a model trained on a snapshot (Telco) does not take."""
+    if families.get(family).entity == "customer" and not isinstance(served.model, CustomerModel):
+        return (
+            f"{served.registered_name} v{served.version} was trained on a customer snapshot, not a transaction "
+            f"log; promote a version trained on transactions to score customers"
+        )
+    return None
+
+
+def load_champions(dataset: str, segment_file: Path | None = None) -> Champions:
+    """The champion of each family registered for ``dataset``, and its latest frozen segment file.
+
+    A family with no registered model for the dataset is left out, unless the dataset has another
+    family scoring the same entity (customers, leads): then it is a problem, since the endpoint needs
+    it. A model that fails to load is a problem with the reason; the others still serve.
+    """
     from mlflow.exceptions import MlflowException
 
+    families.check_dataset_name(dataset)
     client = tracking.connect()
-    champions = Champions()
-    for family, name in REGISTERED.items():
+    champions = Champions(dataset=dataset)
+    registered: dict[str, str] = {}
+    for family in families.names():
+        name = families.registered_name(family, dataset)
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            continue
+        registered[family] = name
+    entities = {families.get(f).entity for f in registered}
+    for family in families.names():
+        if family not in registered:
+            if families.get(family).entity in entities:
+                champions.problems[family] = f"no registered model {families.registered_name(family, dataset)}"
+            continue
+        name = registered[family]
         try:
             version = client.get_model_version_by_alias(name, tracking.CHAMPION)
         except MlflowException:
-            champions.problems[family] = f"no '{tracking.CHAMPION}' version of {name} in {tracking.tracking_uri()}"
+            store = tracking.redacted(tracking.tracking_uri())  # problems are shown by /models
+            champions.problems[family] = f"no '{tracking.CHAMPION}' version of {name} in {store}"
             continue
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
-        if family in CUSTOMER_FAMILIES and not isinstance(model, CustomerModel):
-            champions.problems[family] = (
-                f"{name} v{version.version} was trained on a customer snapshot, not a transaction log; "
-                "promote a version trained on transactions to score customers"
-            )
+        try:
+            served = _served(client, family, name, dataset, version)
+        except Exception as exc:  # a broken artifact must not take the other models down
+            champions.problems[family] = f"{name} v{version.version} failed to load: {type(exc).__name__}: {exc}"
+            champions.broken.add(family)
             continue
-        run = client.get_run(version.run_id)
-        champions.models[family] = Served(
-            family=family,
-            registered_name=name,
-            version=str(version.version),
-            run_id=str(version.run_id),
-            trained_at=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").isoformat(),
-            metrics={k: float(v) for k, v in run.data.metrics.items() if k in MAIN_METRICS},
-            dataset=str(run.data.tags.get("dataset", "")),
-            model=model,
-        )
-    path = segment_file or latest_frozen()
-    if path is None:
-        champions.problems["segments"] = "no frozen segment file: run make segments (or make score) first"
-    else:
-        champions.frozen = load_frozen(path)
-        champions.segment_file = str(path)
+        if (wrong := _wrong_kind(family, served)) is not None:
+            champions.problems[family] = wrong
+            continue
+        champions.models[family] = served
+    _attach_segments(champions, segment_file)
     return champions
+
+
+def _attach_segments(champions: Champions, segment_file: Path | None) -> None:
+    """The dataset's latest frozen segment file, when it scores customers at all."""
+    if not champions.has(CUSTOMER_FAMILIES) and segment_file is None:
+        return
+    path = segment_file or latest_frozen(champions.dataset)
+    if path is None:
+        champions.problems["segments"] = missing_frozen(champions.dataset)
+        return
+    try:
+        champions.frozen = load_frozen(path)
+    except ConfigError as exc:
+        champions.problems["segments"] = str(exc)
+        return
+    champions.segment_file = str(path)
+
+
+@dataclass
+class Catalog:
+    """Every served dataset's champions (the API): requests name the dataset they are scored with."""
+
+    datasets: dict[str, Champions] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # store-wide: registry, configuration
+    migrated: list[str] = field(default_factory=list)
+    default: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    def having(self, families_needed: tuple[str, ...]) -> list[str]:
+        """The datasets with a registered model of every family in ``families_needed``."""
+        return sorted(name for name, c in self.datasets.items() if c.has(families_needed))
+
+    @property
+    def ready(self) -> bool:
+        return any(c.ready_for_customers or c.ready_for_leads for c in self.datasets.values())
+
+    def served(self) -> list[Served]:
+        return [s for name in sorted(self.datasets) for s in self.datasets[name].models.values()]
+
+    def problem_list(self) -> list[dict[str, str]]:
+        """Every problem as {dataset, family, reason}; store-wide ones have an empty dataset."""
+        found = [{"dataset": "", "family": key, "reason": reason} for key, reason in self.problems.items()]
+        for name in sorted(self.datasets):
+            for family, reason in self.datasets[name].problems.items():
+                found.append({"dataset": name, "family": family, "reason": reason})
+        return found
+
+
+def configured_datasets() -> list[str] | None:
+    """The datasets named by ``VALUECAST_DATASETS`` (comma-separated), each checked; None when unset."""
+    raw = os.environ.get(DATASETS_ENV, "").strip()
+    if not raw:
+        return None
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    for name in names:
+        try:
+            families.check_dataset_name(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{DATASETS_ENV}: {exc}") from exc
+    return list(dict.fromkeys(names))
+
+
+def load_catalog(echo: Callable[[str], object] = print, *, migrate: bool = True) -> Catalog:
+    """The champions of every dataset to serve: ``VALUECAST_DATASETS``, or by default every dataset
+    with a champion in the registry. Models registered under the one-per-family names of earlier
+    versions are migrated first (one line each through ``echo``), unless the caller did that itself
+    (``migrate=False``: the API's workers take turns at it)."""
+    catalog = Catalog(default=default_dataset())
+    if migrate:
+        catalog.migrated = tracking.migrate_legacy(echo=echo)
+    chosen = configured_datasets()
+    if chosen is None:
+        chosen = sorted({row["dataset"] for row in tracking.registered_models() if row["champion_version"]})
+        if not chosen:
+            catalog.problems["registry"] = (
+                f"no champion model in {tracking.redacted(tracking.tracking_uri())}: run make train DATA=..."
+            )
+    for dataset in chosen:
+        catalog.datasets[dataset] = load_champions(dataset)
+        if not catalog.datasets[dataset].models and not catalog.datasets[dataset].problems:
+            catalog.datasets[dataset].problems["registry"] = (
+                f"no registered model of dataset '{dataset}': run make train DATA={dataset}"
+            )
+    if catalog.default is not None and catalog.default not in catalog.datasets:
+        catalog.problems[DEFAULT_DATASET_ENV] = (
+            f"{DEFAULT_DATASET_ENV}={catalog.default} is not among the served datasets ({_names(catalog)})"
+        )
+    return catalog
+
+
+DEFAULT_DATASET_ENV = "VALUECAST_DEFAULT_DATASET"
+
+
+def default_dataset() -> str | None:
+    """``VALUECAST_DEFAULT_DATASET``, checked: the dataset a request without ``dataset`` is scored with."""
+    name = os.environ.get(DEFAULT_DATASET_ENV, "").strip()
+    if not name:
+        return None
+    try:
+        return families.check_dataset_name(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{DEFAULT_DATASET_ENV}: {exc}") from exc
+
+
+class DatasetChoiceError(ValueError):
+    """A request's dataset that cannot be used (unknown, or none named where several could serve):
+    the API answers 422 naming the field ``dataset``, its value and the choices."""
+
+    def __init__(self, message: str, value: str | None, choices: list[str]) -> None:
+        super().__init__(f"{message}; choose one of: {', '.join(choices) or '(none loaded)'}")
+        self.value = value
+        self.choices = choices
+
+
+def choose_dataset(catalog: Catalog, requested: str | None, needs: tuple[str, ...]) -> Champions:
+    """The champions a request is scored with: the dataset it names; else the catalog's default when
+    that dataset has models of these families; else the only dataset that has them.
+
+    Raises :class:`DatasetChoiceError` (the request's fault: 422) or :class:`NotReadyError` (the
+    server's: 503, with the reason: models that failed to load, no segment file).
+    """
+    able = catalog.having(needs)
+    what = "customers" if needs == CUSTOMER_FAMILIES else "leads"
+    name = requested
+    if name is None and catalog.default is not None:
+        if catalog.default not in catalog.datasets:
+            raise NotReadyError(f"{DEFAULT_DATASET_ENV}={catalog.default} is not served (served: {_names(catalog)})")
+        if catalog.datasets[catalog.default].has(needs):
+            name = catalog.default
+    if name is None:
+        if len(able) > 1:
+            raise DatasetChoiceError(f"several datasets score {what}: name one in the field 'dataset'", None, able)
+        if not able:
+            found = catalog.problem_list()
+            reasons = "; ".join(f"{p['dataset'] or 'store'} {p['family']}: {p['reason']}" for p in found)
+            raise NotReadyError(f"no served dataset has {', '.join(needs)} models ({reasons or 'none registered'})")
+        name = able[0]
+    if name not in catalog.datasets:
+        raise DatasetChoiceError(f"dataset '{name}' is not served here", name, able)
+    champions = catalog.datasets[name]
+    if not champions.has(needs):
+        why = champions.why_not(needs)
+        message = f"dataset '{name}' has no {', '.join(needs)} model to score {what}" + (f" ({why})" if why else "")
+        raise DatasetChoiceError(message, name, able)
+    champions.require(needs)
+    if needs == CUSTOMER_FAMILIES and champions.frozen is None:
+        raise NotReadyError(champions.problems.get("segments", f"no frozen segment file for dataset '{name}'"))
+    return champions
+
+
+def _names(catalog: Catalog) -> str:
+    return ", ".join(sorted(catalog.datasets)) or "none"
 
 
 def new_customer_value(column: str) -> float:

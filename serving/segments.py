@@ -1,8 +1,9 @@
 """Economic-value segments: one place, used by the API and by batch scoring alike.
 
 Rules come from a YAML file (``configs/segments.yaml`` by default). Tier cut-offs are computed once
-on a scored population (:func:`freeze`) and written to a versioned segment file, which both the API
-and batch scoring load, so that a customer gets the same tier online and in batch. :func:`assign`
+on a scored population (:func:`freeze`) and written to a versioned segment file of that dataset
+(``segments/<dataset>/segments-<version>.json``), which both the API and batch scoring load, so that a
+customer gets the same tier online and in batch, and one dataset's cut-offs never tier another's. :func:`assign`
 is pure: scores and customer facts in, segment columns out.
 
 Inputs per customer (columns): ``clv``, ``churn_probability``, ``purchase_probability``, ``p_alive``,
@@ -153,18 +154,45 @@ def freeze(scores: pd.DataFrame, rules: SegmentRules, population: str) -> Frozen
     )
 
 
-def write_frozen(frozen: FrozenSegments, folder: Path | None = None) -> Path:
-    folder = Path(folder or os.environ.get("VALUECAST_SEGMENTS_DIR") or DEFAULT_FROZEN_DIR)
-    target = folder / f"segments-{frozen.version}.json"
+def frozen_root() -> Path:
+    """The folder that holds each dataset's folder of frozen segment files."""
+    return Path(os.environ.get("VALUECAST_SEGMENTS_DIR") or DEFAULT_FROZEN_DIR)
+
+
+def frozen_dir(dataset: str, root: Path | None = None) -> Path:
+    """``<root>/<dataset>/``: cut-offs are frozen per dataset, since tiers of one customer base mean
+    nothing for another. The name is checked to be a plain identifier before it becomes a path."""
+    from training.families import check_dataset_name
+
+    base = Path(root or frozen_root())
+    folder = base / check_dataset_name(dataset)
+    if not folder.resolve().is_relative_to(base.resolve()):  # a symlink pointing elsewhere
+        raise ConfigError(f"{folder} leads outside {base}: remove the link or set VALUECAST_SEGMENTS_DIR")
+    return folder
+
+
+def write_frozen(frozen: FrozenSegments, dataset: str, root: Path | None = None) -> Path:
+    """Write the cut-offs as ``<root>/<dataset>/segments-<version>.json``."""
+    target = frozen_dir(dataset, root) / f"segments-{frozen.version}.json"
     with atomic_path(target) as tmp:
         tmp.write_text(frozen.model_dump_json(indent=2))
     return target
 
 
-def latest_frozen(folder: Path | None = None) -> Path | None:
-    folder = Path(folder or os.environ.get("VALUECAST_SEGMENTS_DIR") or DEFAULT_FROZEN_DIR)
-    files = sorted(folder.glob("segments-*.json"))
+def latest_frozen(dataset: str, root: Path | None = None) -> Path | None:
+    """The dataset's newest segment file (versions are timestamps, so the last name is the newest)."""
+    files = sorted(frozen_dir(dataset, root).glob("segments-*.json"))
     return files[-1] if files else None
+
+
+def missing_frozen(dataset: str, root: Path | None = None) -> str:
+    """Why a dataset has no segment file, and how to make one; mentions files of earlier versions,
+    which were frozen before segment files were kept per dataset."""
+    base = Path(root or frozen_root())
+    message = f"no frozen segment file in {frozen_dir(dataset, base)}: run make segments DATA={dataset}"
+    if any(base.glob("segments-*.json")):
+        message += f" (or move the {base}/segments-*.json frozen on {dataset} into that folder)"
+    return message
 
 
 def load_frozen(path: Path) -> FrozenSegments:

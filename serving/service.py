@@ -1,13 +1,17 @@
 """The valuecast scoring API: a BentoML service with a FastAPI app mounted for full control of status
 codes and error bodies.
 
-Start it with ``make serve`` (127.0.0.1:3000; HOST/PORT to change). At start-up each worker loads the
-``champion`` version of every registered model from the MLflow registry and the latest frozen segment
-file (:mod:`serving.scoring`).
+Start it with ``make serve`` (127.0.0.1:3000; HOST/PORT to change). At start-up each worker loads, for
+every served dataset (``VALUECAST_DATASETS``, default: every dataset with a champion), the ``champion``
+version of each of its registered models (``valuecast-<family>-<dataset>``) from the MLflow registry
+and the dataset's latest frozen segment file (:mod:`serving.scoring`). One server answers for every
+dataset at once: a request names its dataset in the field ``dataset`` (default:
+``VALUECAST_DEFAULT_DATASET``, else the only dataset that can answer that endpoint).
 
 - ``POST /score``: customers with their transactions -> scores, segment and action per customer.
 - ``POST /score_leads``: leads -> probability, 0-100 score, tier and reasons.
-- ``GET /healthz`` (process up, BentoML's own), ``GET /readyz`` (models loaded), ``GET /models``.
+- ``GET /healthz`` (process up, BentoML's own), ``GET /readyz`` (200 when at least one dataset can
+  answer; the body gives each dataset's state), ``GET /models``.
 - ``POST /reload``: load the current champions and switch to them; requests under way finish on the
   models they started with. Other workers notice a reload through a stamp file and switch on their
   next request.
@@ -30,9 +34,10 @@ import hmac
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bentoml
 import pandas as pd
@@ -57,13 +62,18 @@ from serving.api import (
 )
 from serving.scoring import (
     CUSTOMER_FAMILIES,
+    LEAD_FAMILIES,
+    Catalog,
     Champions,
+    DatasetChoiceError,
     NotReadyError,
+    choose_dataset,
     histories_problem,
-    load_champions,
+    load_catalog,
     score_customers,
     score_histories,
 )
+from training import tracking
 from training.common import InputRowsError, request_dataset
 
 log = logging.getLogger("valuecast.serving")
@@ -119,6 +129,38 @@ class BadRequestError(ValueError):
         self.problems = problems or [{"path": "(body)", "value": None, "reason": message}]
 
 
+class ReadinessRoute:
+    """ASGI middleware sending ``GET /readyz`` to the app's own readiness route: BentoML's /readyz
+    answers from a yes/no (``__is_ready__``) with a fixed text, and an operator with several datasets
+    needs to see which of them can answer and why the others cannot."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("path") == "/readyz":
+            scope = {**scope, "path": READINESS_PATH, "raw_path": READINESS_PATH.encode()}
+        await self.app(scope, receive, send)
+
+
+READINESS_PATH = "/readiness"
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An inter-process lock on ``path``: workers start together, and two migrations of the same
+    store at once would each copy the old models (the second would find no ``migrated_to`` tag yet)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _stamp() -> float:
     try:
         return RELOAD_STAMP.stat().st_mtime
@@ -133,7 +175,7 @@ class ValueService:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.champions = Champions()
+        self.catalog = Catalog()
         self.loaded_stamp = _stamp()
         self.api_key = os.environ.get("VALUECAST_API_KEY") or None
         self._load()
@@ -142,19 +184,22 @@ class ValueService:
         gc.collect()
         gc.freeze()
 
-    def _load(self) -> Champions:
+    def _load(self) -> Catalog:
         try:
-            champions = load_champions()
-        except Exception as exc:  # a broken store must not kill the process: readyz says why
+            with _exclusive(RELOAD_STAMP.with_name("migrate.lock")):
+                migrated = tracking.migrate_legacy(echo=log.warning)
+            catalog = load_catalog(migrate=False)
+            catalog.migrated = migrated
+        except Exception as exc:  # a broken store or setting must not kill the process: readyz says why
             log.exception("loading the champion models failed")
-            champions = Champions(problems={"registry": f"{type(exc).__name__}: {exc}"})
-        self.champions = champions  # one assignment: requests see the old set or the new one
-        return champions
+            catalog = Catalog(problems={"registry": f"{type(exc).__name__}: {exc}"})
+        self.catalog = catalog  # one assignment: requests see the old set or the new one
+        return catalog
 
     def __is_ready__(self) -> bool:
-        return self.champions.ready_for_customers
+        return self.catalog.ready
 
-    def _current(self) -> Champions:
+    def _current(self) -> Catalog:
         """The loaded set; when another worker reloaded (stamp newer), reload here first."""
         stamp = _stamp()
         if stamp > self.loaded_stamp:
@@ -162,7 +207,17 @@ class ValueService:
                 if stamp > self.loaded_stamp:
                     self._load()
                     self.loaded_stamp = stamp
-        return self.champions
+        return self.catalog
+
+    def _choose(self, requested: str | None, needs: tuple[str, ...]) -> Champions:
+        """The dataset's champions for a request; a dataset the request cannot use is a 422 naming
+        the field ``dataset`` and the choices."""
+        try:
+            return choose_dataset(self._current(), requested, needs)
+        except DatasetChoiceError as exc:
+            raise BadRequestError(
+                "the request's dataset cannot be used", [{"path": "dataset", "value": exc.value, "reason": str(exc)}]
+            ) from exc
 
     def _unauthorized(self, request: Request) -> JSONResponse | None:
         if self.api_key is None:
@@ -175,18 +230,24 @@ class ValueService:
             return None
         return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
 
+    @app.get(READINESS_PATH)
+    def readiness(self, request: Request) -> JSONResponse:
+        """``GET /readyz`` (see :class:`ReadinessRoute`): no key needed, like BentoML's probes."""
+        catalog = self._current()
+        return JSONResponse(_readiness(catalog), status_code=200 if catalog.ready else 503)
+
     @app.get("/models")
     def models(self, request: Request) -> JSONResponse:
         if (denied := self._unauthorized(request)) is not None:
             return denied
-        champions = self._current()
+        catalog = self._current()
         return JSONResponse(
             {
-                "models": [served.describe() for served in champions.models.values()],
-                "problems": champions.problems,
-                "segment_version": champions.frozen.version if champions.frozen else None,
-                "segment_file": champions.segment_file,
-                "loaded_at": pd.Timestamp(champions.loaded_at, unit="s", tz="UTC").isoformat(),
+                "models": [served.describe() for served in catalog.served()],
+                "problems": catalog.problem_list(),
+                "datasets": {name: c.state() for name, c in sorted(catalog.datasets.items())},
+                "default_dataset": catalog.default,
+                "loaded_at": pd.Timestamp(catalog.loaded_at, unit="s", tz="UTC").isoformat(),
             }
         )
 
@@ -195,13 +256,17 @@ class ValueService:
         if (denied := self._unauthorized(request)) is not None:
             return denied
         with self._lock:
-            champions = self._load()
+            catalog = self._load()
             RELOAD_STAMP.parent.mkdir(parents=True, exist_ok=True)
             RELOAD_STAMP.touch()
             self.loaded_stamp = _stamp()
         return JSONResponse(
-            {"reloaded": True, "versions": champions.versions(), "problems": champions.problems},
-            status_code=200 if champions.ready_for_customers else 503,
+            {
+                "reloaded": True,
+                "versions": {name: c.versions() for name, c in sorted(catalog.datasets.items())},
+                "problems": catalog.problem_list(),
+            },
+            status_code=200 if catalog.ready else 503,
         )
 
     async def _handle(
@@ -228,11 +293,8 @@ class ValueService:
         return await self._handle(request, ScoreRequest, "customers", MAX_CUSTOMERS, self._score)
 
     def _score(self, parsed: ScoreRequest) -> JSONResponse:
-        champions = self._current()
         try:
-            champions.require(CUSTOMER_FAMILIES)
-            if champions.frozen is None:
-                raise NotReadyError(champions.problems.get("segments", "no frozen segment file"))
+            champions = self._choose(parsed.dataset, CUSTOMER_FAMILIES)
         except NotReadyError as exc:
             return error(503, f"not ready: {exc}")
         as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
@@ -264,9 +326,10 @@ class ValueService:
             }
         return JSONResponse(
             {
+                "dataset": champions.dataset,
                 "as_of": as_of.strftime("%Y-%m-%d"),
                 "customers": records,
-                "models": champions.versions(),
+                "models": champions.versions(CUSTOMER_FAMILIES),
                 "segment_version": champions.frozen.version if champions.frozen else None,
             }
         )
@@ -276,10 +339,11 @@ class ValueService:
         return await self._handle(request, LeadRequest, "leads", MAX_LEADS, self._score_leads)
 
     def _score_leads(self, parsed: LeadRequest) -> JSONResponse:
-        champions = self._current()
-        served = champions.models.get("lead_score")
-        if served is None:
-            return error(503, f"not ready: {champions.problems.get('lead_score', 'no lead score model loaded')}")
+        try:
+            champions = self._choose(parsed.dataset, LEAD_FAMILIES)
+        except NotReadyError as exc:
+            return error(503, f"not ready: {exc}")
+        served = champions.models[LEAD_FAMILIES[0]]
         model = served.model
         id_column = model.dataset_config.leads.columns["lead_id"]
         raw = pd.DataFrame(
@@ -299,4 +363,23 @@ class ValueService:
         for record in records:
             record["reasons_up"] = [r for r in str(record.pop("reasons_up") or "").split("; ") if r]
             record["reasons_down"] = [r for r in str(record.pop("reasons_down") or "").split("; ") if r]
-        return JSONResponse({"leads": records, "model_version": served.version})
+        return JSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
+
+
+def _readiness(catalog: Catalog) -> dict[str, Any]:
+    """The /readyz body: ready when any dataset can answer; each dataset's state and every problem."""
+    return {
+        "ready": catalog.ready,
+        "datasets": {
+            name: {
+                "customers": c.ready_for_customers,
+                "leads": c.ready_for_leads,
+                "problems": c.problems,
+            }
+            for name, c in sorted(catalog.datasets.items())
+        },
+        "problems": catalog.problems,
+    }
+
+
+cast(Any, ValueService).add_asgi_middleware(ReadinessRoute)  # the decorator's type hides the method

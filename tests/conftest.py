@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -61,8 +62,9 @@ SERVING_AS_OF = "1998-07-01"
 
 @pytest.fixture(scope="session")
 def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A fresh MLflow store with champions trained on the CDNOW sample and X Education, and a frozen
-    segment file; the variables are set for this process too (in-process scoring reads the same store)."""
+    """A fresh MLflow store with champions trained on the CDNOW sample (``valuecast-<family>-cdnow_sample``)
+    and X Education (``valuecast-lead-score-x_education``), and the CDNOW sample's frozen segment file;
+    the variables are set for this process too (in-process scoring reads the same store)."""
     folder = tmp_path_factory.mktemp("champions")
     values = {
         "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
@@ -75,14 +77,17 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     try:
         from serving.scoring import load_champions, model_scores
         from serving.segments import freeze, load_rules, write_frozen
+        from training import tracking
         from training.run import train_and_log
 
-        for family in ("churn", "propensity", "clv"):
-            train_and_log(family, "cdnow_sample", echo=lambda _: None)
-        train_and_log("lead_score", "x_education", echo=lambda _: None)
-        champions = load_champions()
+        trained = [train_and_log(f, "cdnow_sample", echo=lambda _: None) for f in ("churn", "propensity", "clv")]
+        trained.append(train_and_log("lead_score", "x_education", echo=lambda _: None))
+        for outcome in trained:  # on the sample a version may tie a baseline and stay challenger: serve it
+            if not outcome.promotion.promoted:
+                tracking.promote(outcome.promotion.registered_name, outcome.promotion.version)
+        champions = load_champions("cdnow_sample")
         scores, facts = model_scores(champions, load_real("cdnow_sample"), SERVING_AS_OF)
-        write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"))
+        write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"), "cdnow_sample")
         yield values
     finally:
         for k, v in saved.items():
@@ -90,6 +95,22 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def register_copy(source: Any, registered_name: str, dataset: str, family: str) -> str:
+    """Log an already trained Python model again, in the store the environment names now, from a run
+    tagged with ``family`` and ``dataset``, and register it as ``registered_name``'s champion: a store
+    shaped as another dataset's (or an earlier version's) without training again. Returns the version."""
+    import mlflow
+
+    from training import tracking
+
+    client = tracking.connect()
+    with tracking.run(f"copies-{family}", f"copy | {family} | {dataset}", {"family": family, "dataset": dataset}):
+        info = mlflow.pyfunc.log_model(name="model", python_model=source, pip_requirements=[])
+    version = mlflow.register_model(info.model_uri, registered_name)
+    client.set_registered_model_alias(registered_name, "champion", version.version)
+    return str(version.version)
 
 
 def free_port() -> int:

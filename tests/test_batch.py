@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from valuecast.cli import app
 
-from .conftest import SERVING_AS_OF, load_real
+from .conftest import SERVING_AS_OF, load_real, register_copy
 
 runner = CliRunner()
 
@@ -29,7 +29,8 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small shop in the contract's shape: 300 CDNOW-sample customers' transactions (one row with an
-    unreadable amount), and a customers table with e-mail addresses and do-not-contact flags."""
+    unreadable amount), and a customers table with e-mail addresses and do-not-contact flags. Named
+    cdnow_sample: a dataset is scored with its own champions, and these customers are the sample's."""
     folder = tmp_path_factory.mktemp("shop")
     dataset = load_real("cdnow_sample")
     assert dataset.transactions is not None
@@ -49,7 +50,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     customers.to_csv(folder / "customers.csv", index=False)
     (folder / "shop.yaml").write_text(
-        "name: shop\n"
+        "name: cdnow_sample\n"
         "transactions:\n  path: orders.csv\n"
         "  columns: {customer_id: customer_id, timestamp: timestamp, amount: amount}\n"
         "  duplicates: keep\n"
@@ -148,3 +149,44 @@ def test_unusable_data_is_a_clear_error_and_writes_nothing(champion_store: dict[
     assert result.exit_code == 2
     assert "the config maps column 'timestamp', which the file does not have" in result.output
     assert not out.exists()
+
+
+def test_score_uses_the_datasets_own_champions_and_segment_file(
+    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make score DATA=cdnow` reads valuecast-<family>-cdnow, never another dataset's churn model, and
+    freezes and reads CDNOW's own segment file."""
+    from serving.scoring import CUSTOMER_FAMILIES, load_champions
+    from training import tracking
+
+    source = load_champions("cdnow_sample")
+    out = tmp_path / "scores"
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        env.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+        env.setenv("VALUECAST_SEGMENTS_DIR", str(tmp_path / "segments"))
+        for _ in range(3):  # another dataset's churn champion, at a version number CDNOW's do not have
+            register_copy(source.models["churn"].model, "valuecast-churn-online_retail", "online_retail", "churn")
+        for family in CUSTOMER_FAMILIES:
+            register_copy(source.models[family].model, f"valuecast-{family}-cdnow", "cdnow", family)
+        result = runner.invoke(app, ["score", "--data", "cdnow", "--out", str(out), "--as-of", SERVING_AS_OF])
+    tracking.connect()  # back to the session's store for the tests after this one
+    assert result.exit_code == 0, result.output
+    assert "loading the champion models of 'cdnow'" in result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert len(scores) == 23_570
+    assert {f: set(scores[f"{f}_model_version"]) for f in CUSTOMER_FAMILIES} == {f: {"1"} for f in CUSTOMER_FAMILIES}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "cdnow" and summary["models"] == {"churn": "1", "propensity": "1", "clv": "1"}
+    frozen = list((tmp_path / "segments" / "cdnow").glob("segments-*.json"))
+    assert [p.name for p in frozen] == [summary["segment_file"]]
+    assert sorted(p.name for p in (tmp_path / "segments").iterdir()) == ["cdnow"]
+
+
+def test_batch_refuses_another_datasets_champions(champion_store: dict[str, str], tmp_path: Path) -> None:
+    from serving.batch import run
+    from serving.scoring import NotReadyError, load_champions
+
+    with pytest.raises(NotReadyError, match="champions of dataset 'cdnow_sample' cannot score dataset 'cdnow'"):
+        run(load_champions("cdnow_sample"), load_real("cdnow"), tmp_path / "scores")
+    assert not (tmp_path / "scores").exists()

@@ -106,9 +106,21 @@ def test_make_help_is_the_default_and_lists_every_target() -> None:
         "train",
         "model-quality",
         "bench-train",
+        "models",
+        "promote",
+        "rollback",
     } <= targets
     for target in targets:
         assert re.search(rf"^  {re.escape(target)} +\S", listed.stdout, flags=re.M), target
+    variables = ["MODEL=churn", "DATA=telco", "VERSION=2", "JSON=1"]
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "promote", "rollback", "models", *variables],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "promote --model churn --data telco --version 2" in dry.stdout
+    assert "rollback --model churn --data telco" in dry.stdout and "models --json" in dry.stdout
 
 
 @pytest.fixture()
@@ -129,9 +141,14 @@ def test_demo_builds_every_bundled_dataset_and_registers_the_models(tmp_path: Pa
     import mlflow
 
     client = mlflow.MlflowClient(mlflow_store)
-    for name in ("valuecast-churn", "valuecast-propensity", "valuecast-clv", "valuecast-lead-score"):
+    for name in (
+        "valuecast-churn-cdnow",
+        "valuecast-propensity-cdnow",
+        "valuecast-clv-cdnow",
+        "valuecast-lead-score-x_education",
+    ):
         assert client.get_model_version_by_alias(name, "champion").version is not None, name
-    assert len(list((tmp_path / "segments").glob("segments-*.json"))) == 1
+    assert len(list((tmp_path / "segments" / "cdnow").glob("segments-*.json"))) == 1
     assert re.search(
         r"20/80 check: tier A is \d+\.\d% of customers and holds 5\d\.\d% of predicted value", result.output
     )
@@ -144,7 +161,7 @@ def test_train_prints_runs_metrics_baselines_and_the_promotion(mlflow_store: str
     assert re.search(r"churn on telco: run [0-9a-f]{32}", result.output)
     assert re.search(r"model +roc_auc 0\.8\d+", result.output)
     assert "baseline  logistic_regression: roc_auc" in result.output
-    assert "valuecast-churn v1: first version, now champion" in result.output
+    assert re.search(r"valuecast-churn-telco v1 \(roc_auc 0\.\d+\): champion, first version", result.output)
 
 
 def test_train_refusals_and_unknown_models_are_one_line(mlflow_store: str) -> None:
@@ -156,7 +173,7 @@ def test_train_refusals_and_unknown_models_are_one_line(mlflow_store: str) -> No
     unknown = runner.invoke(app, ["train", "--data", "cdnow", "--model", "ltv"])
     assert (
         unknown.exit_code == 2
-        and "unknown model 'ltv': use one of churn, propensity, lead_score, clv" in unknown.output
+        and "unknown model 'ltv': use one of churn, propensity, clv, lead_score" in unknown.output
     )
 
 

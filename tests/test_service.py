@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import yaml
 from features.config import PROJECT_ROOT
 from features.io import Dataset, read_raw_table, table_path
 
-from .conftest import free_port, load_real, running_server
+from .conftest import free_port, load_real, register_copy, running_server
 
 KEY = "test-key-123"
 AS_OF = "1998-07-01"
@@ -61,16 +62,70 @@ def request_for(dataset: Dataset, ids: list[str]) -> dict[str, object]:
 
 def test_health_ready_and_models(server: str) -> None:
     assert httpx.get(f"{server}/healthz").status_code == 200
-    assert httpx.get(f"{server}/readyz").status_code == 200
+    ready = httpx.get(f"{server}/readyz")
+    assert ready.status_code == 200
+    states = ready.json()["datasets"]
+    assert states["cdnow_sample"]["customers"] and not states["cdnow_sample"]["leads"]
+    assert states["x_education"]["leads"] and not states["x_education"]["customers"]
     denied = httpx.get(f"{server}/models")
     assert denied.status_code == 401 and "API key" in denied.json()["error"]
     models = httpx.get(f"{server}/models", headers=AUTH).json()
-    by_family = {m["family"]: m for m in models["models"]}
-    assert set(by_family) == {"churn", "propensity", "clv", "lead_score"}
-    assert by_family["clv"]["dataset"] == "cdnow_sample" and "gini_normalized" in by_family["clv"]["metrics"]
-    assert by_family["lead_score"]["metrics"]["roc_auc"] > 0.85
-    assert len(by_family["churn"]["run_id"]) == 32 and by_family["churn"]["trained_at"].startswith("20")
-    assert models["segment_version"]
+    by_name = {m["name"]: m for m in models["models"]}
+    assert set(by_name) == {
+        "valuecast-churn-cdnow_sample",
+        "valuecast-propensity-cdnow_sample",
+        "valuecast-clv-cdnow_sample",
+        "valuecast-lead-score-x_education",
+    }
+    clv, lead = by_name["valuecast-clv-cdnow_sample"], by_name["valuecast-lead-score-x_education"]
+    assert (clv["dataset"], clv["family"]) == ("cdnow_sample", "clv") and "gini_normalized" in clv["metrics"]
+    assert (lead["dataset"], lead["family"]) == ("x_education", "lead_score") and lead["metrics"]["roc_auc"] > 0.85
+    churn = by_name["valuecast-churn-cdnow_sample"]
+    assert len(churn["run_id"]) == 32 and churn["trained_at"].startswith("20") and churn["candidate"]
+    assert models["datasets"]["cdnow_sample"]["segment_version"]
+    assert models["datasets"]["x_education"]["segment_version"] is None and models["problems"] == []
+
+
+def test_one_server_scores_each_dataset_with_its_own_champions(server: str) -> None:
+    """Started once: /score answers with the CDNOW (sample) champions, /score_leads with X Education's,
+    whether the request names its dataset or leaves it to the only dataset that can answer."""
+    models = httpx.get(f"{server}/models", headers=AUTH).json()["models"]
+    versions = {(m["dataset"], m["family"]): m["version"] for m in models}
+    history = [{"timestamp": "1998-01-05", "amount": 9}]
+    body = {"as_of": AS_OF, "customers": [{"customer_id": "a", "transactions": history}]}
+    leads = {"leads": [{"lead_id": "L1", "Lead Origin": "API", "TotalVisits": 3}]}
+    for named in ({}, {"dataset": "cdnow_sample"}):
+        answer = httpx.post(f"{server}/score", json={**body, **named}, headers=AUTH, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["dataset"] == "cdnow_sample"
+        assert answer.json()["models"] == {f: versions[("cdnow_sample", f)] for f in ("churn", "propensity", "clv")}
+    for named in ({}, {"dataset": "x_education"}):
+        answer = httpx.post(f"{server}/score_leads", json={**leads, **named}, headers=AUTH, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["dataset"] == "x_education"
+        assert answer.json()["model_version"] == versions[("x_education", "lead_score")]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "reason"),
+    [
+        ("/score", {"dataset": "online_retail", "customers": [{"customer_id": "a"}]}, "not served here"),
+        ("/score", {"dataset": "x_education", "customers": [{"customer_id": "a"}]}, "no churn, propensity, clv"),
+        ("/score_leads", {"dataset": "cdnow_sample", "leads": [{"lead_id": "a"}]}, "no lead_score model"),
+        ("/score", {"dataset": "../segments", "customers": [{"customer_id": "a"}]}, "should match pattern"),
+    ],
+)
+def test_a_dataset_that_cannot_answer_is_422_naming_the_field(
+    server: str, endpoint: str, body: dict[str, object], reason: str
+) -> None:
+    answer = httpx.post(f"{server}{endpoint}", json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert set(answer.json()) == {"error", "problems"}
+    [problem] = answer.json()["problems"]
+    assert problem["path"] == "dataset" and problem["value"] == body["dataset"] and reason in problem["reason"]
+    if "pattern" not in reason:  # the choices this endpoint has
+        choices = "x_education" if endpoint == "/score_leads" else "cdnow_sample"
+        assert problem["reason"].endswith(f"choose one of: {choices}")
 
 
 def test_api_and_batch_scoring_agree(server: str, champion_store: dict[str, str]) -> None:
@@ -82,14 +137,14 @@ def test_api_and_batch_scoring_agree(server: str, champion_store: dict[str, str]
     answer = httpx.post(f"{server}/score", json=request_for(dataset, ids), headers=AUTH, timeout=60)
     assert answer.status_code == 200, answer.text
     api = pd.DataFrame(answer.json()["customers"]).set_index("customer_id")
-    batch = score_customers(load_champions(), dataset, AS_OF, ids).set_index("customer_id")
+    batch = score_customers(load_champions("cdnow_sample"), dataset, AS_OF, ids).set_index("customer_id")
     for column in ("churn_probability", "purchase_probability", "p_alive", "expected_orders", "clv", "value_at_risk"):
         np.testing.assert_allclose(
             api[column].to_numpy(float), batch.loc[api.index, column].to_numpy(float), rtol=0, atol=1e-9
         )
     for column in ("value_tier", "segment", "action", "suppressed", "risk_band", "potential_band"):
         assert api[column].tolist() == batch.loc[api.index, column].tolist(), column
-    assert answer.json()["models"] == {"churn": "1", "propensity": "1", "clv": "1", "lead_score": "1"}
+    assert answer.json()["models"] == {"churn": "1", "propensity": "1", "clv": "1"}
     assert len(set(api["segment"])) >= 2
 
 
@@ -127,7 +182,7 @@ def test_plain_histories_score_exactly_as_the_pandas_path(champion_store: dict[s
         },
     ]
     parsed = ScoreRequest.model_validate(body)
-    champions = load_champions()
+    champions = load_champions("cdnow_sample")
     assert histories_problem(champions) is None
     histories = histories_of(parsed, set())
     assert histories is not None
@@ -179,11 +234,14 @@ def test_positive_probability_equals_predict_proba(champion_store: dict[str, str
     from training.columns import feature_matrix
     from training.common import positive_probability
 
-    champions = load_champions()
+    champions = load_champions("cdnow_sample")
     model = champions.models["churn"].model
     features = model.features(load_real("cdnow_sample"), AS_OF)
-    x = feature_matrix(features, model.columns)
-    for classifier in [*model.classifiers.values(), *champions.models["propensity"].model.classifiers.values()]:
+    fitted = [*model.classifiers.values(), *champions.models["propensity"].model.classifiers.values()]
+    estimators = [f for one in fitted for f in (one.parts or [one]) if hasattr(f.estimator, "predict_proba")]
+    for one in estimators:  # whatever won: calibrated xgboost, a logistic regression pipeline, a blend's parts
+        x = feature_matrix(features, one.columns)
+        classifier = one.estimator
         np.testing.assert_array_equal(positive_probability(classifier, x), classifier.predict_proba(x)[:, 1])
         np.testing.assert_array_equal(positive_probability(classifier, x[:1]), classifier.predict_proba(x[:1])[:, 1])
 
@@ -290,7 +348,7 @@ def test_lead_scores_match_the_logged_model(server: str, champion_store: dict[st
     answer = httpx.post(f"{server}/score_leads", json={"leads": leads}, headers=AUTH, timeout=30)
     assert answer.status_code == 200, answer.text
     scored = answer.json()["leads"]
-    model = mlflow.pyfunc.load_model("models:/valuecast-lead-score@champion").unwrap_python_model()
+    model = mlflow.pyfunc.load_model("models:/valuecast-lead-score-x_education@champion").unwrap_python_model()
     expected = model.predict(None, raw.drop(columns=["Converted"]))
     np.testing.assert_allclose([s["probability"] for s in scored], expected["probability"], rtol=0, atol=1e-12)
     assert [s["tier"] for s in scored] == expected["tier"].tolist()
@@ -311,6 +369,11 @@ def test_bad_lead_values_are_422_and_unknown_levels_are_scored(server: str) -> N
     assert missing_id.status_code == 422 and missing_id.json()["problems"][0]["path"] == "leads"
 
 
+def served_lead_version(server: str) -> str:
+    models = httpx.get(f"{server}/models", headers=AUTH).json()["models"]
+    return str(next(m["version"] for m in models if m["family"] == "lead_score"))
+
+
 def test_reload_switches_to_a_new_champion_without_dropping_requests(
     server: str, champion_store: dict[str, str]
 ) -> None:
@@ -319,9 +382,9 @@ def test_reload_switches_to_a_new_champion_without_dropping_requests(
     from training.run import train_and_log
 
     second = train_and_log("lead_score", "x_education", echo=lambda _: None)
-    assert second.promotion.alias == "challenger"
+    assert second.promotion.version != served_lead_version(server)  # the API serves what it loaded
     mlflow.MlflowClient(champion_store["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
-        "valuecast-lead-score", "champion", second.promotion.version
+        "valuecast-lead-score-x_education", "champion", second.promotion.version
     )
 
     statuses: list[int] = []
@@ -341,7 +404,7 @@ def test_reload_switches_to_a_new_champion_without_dropping_requests(
     try:
         reloaded = httpx.post(f"{server}/reload", headers=AUTH, timeout=60)
         assert reloaded.status_code == 200, reloaded.text
-        assert reloaded.json()["versions"]["lead_score"] == second.promotion.version
+        assert reloaded.json()["versions"]["x_education"]["lead_score"] == second.promotion.version
         time.sleep(1.0)
     finally:
         stop.set()
@@ -383,14 +446,126 @@ def test_promote_and_rollback_change_what_the_api_serves_after_reload(
     from training.run import train_and_log
 
     uri = champion_store["MLFLOW_TRACKING_URI"]
-    if len(mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions("name = 'valuecast-lead-score'")) < 2:
+    lead_model = "name = 'valuecast-lead-score-x_education'"
+    if len(mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions(lead_model)) < 2:
         train_and_log("lead_score", "x_education", echo=lambda _: None)  # a second version to move to
     before = served()
     other = "1" if before != "1" else "2"
-    move("promote", "--model", "lead_score", "--version", other)
+    move("promote", "--model", "lead_score", "--data", "x_education", "--version", other)
     assert served() == other
-    move("rollback", "--model", "lead_score")
+    move("rollback", "--model", "lead_score", "--data", "x_education")
     assert served() == before
+
+
+def _catalog(default: str | None = None) -> object:
+    """Two customer datasets (one whose clv model failed to load) and one lead dataset, without a store."""
+    from serving.scoring import Catalog, Champions, Served
+    from serving.segments import freeze, load_rules
+
+    def served(family: str, dataset: str) -> Served:
+        return Served(family, f"valuecast-{family}-{dataset}", "1", "r", "t", {}, dataset, "xgboost", None)
+
+    frozen = freeze(pd.DataFrame({"clv": [1.0, 2.0], "total_spend": [1.0, 2.0]}), load_rules(), "test")
+    shop = Champions("shop", {f: served(f, "shop") for f in ("churn", "propensity", "clv")}, frozen=frozen)
+    broken = Champions("broken", {f: served(f, "broken") for f in ("churn", "propensity")}, frozen=frozen)
+    broken.problems["clv"] = "valuecast-clv-broken v3 failed to load: OSError: gone"
+    broken.broken.add("clv")
+    snapshot = Champions("telco", problems={"churn": "trained on a customer snapshot", "clv": "not registered"})
+    leads = Champions("crm", {"lead_score": served("lead_score", "crm")})
+    return Catalog({c.dataset: c for c in (shop, broken, leads, snapshot)}, default=default)
+
+
+def test_choosing_the_dataset_of_a_request() -> None:
+    from serving.scoring import CUSTOMER_FAMILIES, LEAD_FAMILIES, DatasetChoiceError, NotReadyError, choose_dataset
+
+    catalog = _catalog()
+    assert choose_dataset(catalog, None, LEAD_FAMILIES).dataset == "crm"  # the only one with leads
+    assert choose_dataset(catalog, "shop", CUSTOMER_FAMILIES).dataset == "shop"
+    with pytest.raises(DatasetChoiceError, match=r"several datasets score customers.*choose one of: broken, shop"):
+        choose_dataset(catalog, None, CUSTOMER_FAMILIES)
+    with pytest.raises(NotReadyError, match="clv: valuecast-clv-broken v3 failed to load"):
+        choose_dataset(catalog, "broken", CUSTOMER_FAMILIES)  # served, but not whole: 503 with the reason
+    with pytest.raises(DatasetChoiceError, match="'crm' has no churn, propensity, clv model") as unknown:
+        choose_dataset(catalog, "crm", CUSTOMER_FAMILIES)
+    assert unknown.value.value == "crm" and unknown.value.choices == ["broken", "shop"]
+    with pytest.raises(DatasetChoiceError, match=r"'telco' has no .*\(churn: trained on a customer snapshot; clv: not"):
+        choose_dataset(catalog, "telco", CUSTOMER_FAMILIES)
+    with_default = _catalog(default="shop")
+    assert choose_dataset(with_default, None, CUSTOMER_FAMILIES).dataset == "shop"
+    assert choose_dataset(with_default, None, LEAD_FAMILIES).dataset == "crm"  # shop has no lead model
+    with pytest.raises(NotReadyError, match="VALUECAST_DEFAULT_DATASET=gone is not served"):
+        choose_dataset(_catalog(default="gone"), None, CUSTOMER_FAMILIES)
+
+
+def test_served_datasets_come_from_the_environment_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from features.config import ConfigError
+    from serving.scoring import configured_datasets, default_dataset
+
+    monkeypatch.setenv("VALUECAST_DATASETS", " cdnow, x_education,cdnow ")
+    assert configured_datasets() == ["cdnow", "x_education"]
+    monkeypatch.setenv("VALUECAST_DATASETS", "cdnow,../etc")
+    with pytest.raises(ConfigError, match=re.escape("VALUECAST_DATASETS: dataset name '../etc'")):
+        configured_datasets()
+    monkeypatch.setenv("VALUECAST_DEFAULT_DATASET", "Shop")
+    with pytest.raises(ConfigError, match="VALUECAST_DEFAULT_DATASET: dataset name 'Shop'"):
+        default_dataset()
+
+
+def test_segment_files_live_in_their_datasets_folder(tmp_path: Path) -> None:
+    from features.config import ConfigError
+    from serving.segments import freeze, frozen_dir, latest_frozen, load_rules, missing_frozen, write_frozen
+
+    frozen = freeze(pd.DataFrame({"clv": [1.0, 5.0], "total_spend": [1.0, 2.0]}), load_rules(), "test")
+    path = write_frozen(frozen, "shop", tmp_path)
+    assert path == tmp_path / "shop" / f"segments-{frozen.version}.json"
+    assert latest_frozen("shop", tmp_path) == path and latest_frozen("other", tmp_path) is None
+    with pytest.raises(ConfigError, match=re.escape("dataset name '../x'")):
+        frozen_dir("../x", tmp_path)
+    (tmp_path / "segments-20240101T000000.json").write_text("{}")  # an earlier version's flat file
+    assert "make segments DATA=other (or move the" in missing_frozen("other", tmp_path)
+
+
+def test_a_store_of_earlier_versions_is_migrated_once_and_served(
+    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models registered one per family (``valuecast-churn``, before per-dataset names) move to
+    ``valuecast-<family>-<dataset>`` the first time the API loads, one line each, and are served."""
+    from serving.scoring import CUSTOMER_FAMILIES, choose_dataset, load_catalog, load_champions, score_customers
+    from serving.segments import write_frozen
+    from training import tracking
+
+    source = load_champions("cdnow_sample")
+    assert source.frozen is not None
+    dataset = load_real("cdnow_sample")
+    assert dataset.transactions is not None
+    ids = list(pd.unique(dataset.transactions.frame["customer_id"].astype(str)))[:40]
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        env.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+        env.setenv("VALUECAST_SEGMENTS_DIR", str(tmp_path / "segments"))
+        for family in CUSTOMER_FAMILIES:
+            register_copy(source.models[family].model, f"valuecast-{family}", "cdnow", family)
+        write_frozen(source.frozen, "cdnow")
+        lines: list[str] = []
+        catalog = load_catalog(echo=lines.append)
+        again: list[str] = []
+        assert sorted(load_catalog(echo=again.append).datasets) == ["cdnow"] and again == []  # once
+        client = tracking.connect()
+        legacy = client.get_registered_model("valuecast-churn").tags["migrated_to"]
+    tracking.connect()  # back to the session's store for the tests after this one
+    assert lines == [
+        f"migrated valuecast-{f} v1 (dataset cdnow) to valuecast-{f}-cdnow v1; valuecast-{f} is kept"
+        for f in CUSTOMER_FAMILIES
+    ]
+    assert legacy == "valuecast-churn-cdnow v1"
+    assert sorted(catalog.datasets) == ["cdnow"] and catalog.problem_list() == []
+    champions = choose_dataset(catalog, None, CUSTOMER_FAMILIES)
+    assert {f: s.registered_name for f, s in champions.models.items()} == {
+        f: f"valuecast-{f}-cdnow" for f in CUSTOMER_FAMILIES
+    }
+    migrated = score_customers(champions, dataset, AS_OF, ids)
+    original = score_customers(source, dataset, AS_OF, ids)
+    pd.testing.assert_frame_equal(migrated, original)
 
 
 def test_bentofile_pins_match_the_installed_packages() -> None:

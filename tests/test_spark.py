@@ -30,7 +30,7 @@ def spark():  # type: ignore[no-untyped-def]
 def test_spark_scores_every_cdnow_customer_like_the_local_engine(champion_store: dict[str, str], spark) -> None:  # type: ignore[no-untyped-def]
     dataset = load_real("cdnow")
     as_of = pd.Timestamp(SERVING_AS_OF)
-    champions = load_champions()
+    champions = load_champions("cdnow_sample")  # scoring all of CDNOW with the sample's models
     local = batch.score_dataset(champions, dataset, as_of).sort_values("customer_id", ignore_index=True)
     distributed = spark_engine.score_dataset(
         champions, dataset, as_of, batch.customer_ids(dataset, as_of), None, spark=spark, buckets=8

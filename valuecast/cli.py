@@ -291,12 +291,17 @@ def _demo_segments(out: Path) -> None:
     from features.config import load_dataset_config
     from features.io import load_dataset
     from serving.batch import run, summary_table
-    from serving.scoring import load_champions
+    from serving.scoring import CUSTOMER_FAMILIES, NotReadyError
     from training import tracking
 
     with user_errors():
-        champions = load_champions()
         dataset = load_dataset(load_dataset_config("cdnow"), kinds=("transactions",))
+        champions = _dataset_champions(dataset.config.name)
+        try:
+            champions.require(CUSTOMER_FAMILIES)
+        except NotReadyError as exc:  # e.g. a version that lost to its baseline stays challenger
+            typer.echo(f"\nBatch scoring of CDNOW skipped: {exc}. Promote a version: make promote DATA=cdnow ...")
+            return
         with step("batch scoring CDNOW as of 1998-07-01 (segment cut-offs frozen on it)"):
             result = run(champions, dataset, out, as_of=pd.Timestamp("1998-07-01"), refreeze=True)
             tracking.log_batch_run(result.summary, out)
@@ -367,12 +372,12 @@ def segments(
     as_of: AsOfOption = None,
     rules: Annotated[Path | None, typer.Option(help="Segment rules YAML (default configs/segments.yaml).")] = None,
 ) -> None:
-    """Score DATA with the champion models and freeze the segment tier cut-offs into a versioned file
-    (segments/segments-<version>.json) that the API and batch scoring load."""
+    """Score DATA with its champion models and freeze the segment tier cut-offs into a versioned file
+    (segments/<dataset>/segments-<version>.json) that the API and batch scoring load for that dataset."""
     _quiet_libraries()
     _quiet_mlflow()
     from features.pipeline import default_as_of
-    from serving.scoring import NotReadyError, load_champions, model_scores
+    from serving.scoring import NotReadyError, model_scores
     from serving.segments import freeze, load_rules, write_frozen
 
     cutoff = parse_date(as_of, "AS_OF")
@@ -380,8 +385,7 @@ def segments(
         segment_rules = load_rules(rules)
         dataset = _load(data, None)
         cutoff = cutoff if cutoff is not None else default_as_of(dataset)
-        with step("loading the champion models"):
-            champions = load_champions()
+        champions = _dataset_champions(dataset.config.name)
         try:
             with step(f"scoring {dataset.config.name} as of {cutoff:%Y-%m-%d}"):
                 scores, facts = model_scores(champions, dataset, cutoff)
@@ -390,9 +394,20 @@ def segments(
         frozen = freeze(
             pd.concat([scores, facts], axis=1), segment_rules, f"{dataset.config.name} as of {cutoff:%Y-%m-%d}"
         )
-        path = write_frozen(frozen)
+        path = write_frozen(frozen, dataset.config.name)
     floors = ", ".join(f"{tier} >= {value:,.2f}" for tier, value in frozen.value_floors.items())
     typer.echo(f"wrote {path}: {frozen.customers:,} customers, CLV floors {floors}")
+
+
+def _dataset_champions(dataset: str) -> Any:
+    """The dataset's own champions (``valuecast-<family>-<dataset>``) and segment file, after moving
+    the models of earlier versions (one per family) to per-dataset names, one line each."""
+    from serving.scoring import load_champions
+    from training import tracking
+
+    tracking.migrate_legacy(echo=lambda m: typer.echo(m, err=True))
+    with step(f"loading the champion models of '{dataset}'"):
+        return load_champions(dataset)
 
 
 @app.command()
@@ -406,20 +421,20 @@ def score(
     ] = False,
     rules: Annotated[Path | None, typer.Option(help="Segment rules YAML (with --refreeze).")] = None,
 ) -> None:
-    """Score every customer with the champion models: scores, segments, report, lists for CRM tools."""
+    """Score every customer with DATA's own champion models (valuecast-<family>-<dataset>) and segment
+    file: scores, segments, report, lists for CRM tools."""
     _quiet_libraries()
     _quiet_mlflow()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from serving.batch import run, summary_table
-    from serving.scoring import NotReadyError, load_champions
+    from serving.scoring import NotReadyError
     from training import tracking
 
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
         dataset = _load(data, None)
-        with step("loading the champion models"):
-            champions = load_champions()
+        champions = _dataset_champions(dataset.config.name)
         columns = [
             TextColumn("  {task.description}"),
             BarColumn(),
