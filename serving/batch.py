@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
 from serving.scoring import Champions, NotReadyError, model_scores, with_segments
@@ -40,6 +41,7 @@ from serving.segments import freeze, latest_frozen, load_frozen, load_rules, sum
 
 CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
 CHUNK_CUSTOMERS = 200_000
+SAFE_FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
 @dataclass
@@ -296,9 +298,21 @@ def segment_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: 
         keep = keep[["customer_id", *contact_columns, "segment", "action"]]
     counts = {}
     for segment, rows in keep.groupby("segment", sort=True):
-        write_csv(rows, folder / f"{segment}.csv")
+        write_csv(rows, inside(folder, f"{segment}.csv"))
         counts[str(segment)] = len(rows)
     return counts
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder/name``, checked to stay inside ``folder``: names built from data (segments, tables)
+    must never write elsewhere, whatever slipped past the checks of the rules file."""
+    path = folder / name
+    if not SAFE_FILE_NAME.fullmatch(name) or not path.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(
+            f"refusing to write {name!r}: it would not be a plain file inside {folder}; "
+            "name segments with lower-case letters, digits, '_' or '-' only"
+        )
+    return path
 
 
 def run(
@@ -402,7 +416,7 @@ def _score_into(
     quarantined: dict[str, int] = {}
     for kind, checked in dataset.checked_tables():
         if not checked.quarantine.empty:  # rows that could not be used, with their reason
-            checked.quarantine.to_csv(work / f"quarantine.{kind}.csv", index=False)
+            checked.quarantine.to_csv(inside(work, f"quarantine.{kind}.csv"), index=False)
             quarantined[kind] = len(checked.quarantine)
     info["quarantined"] = quarantined
     made = figures(scores)
