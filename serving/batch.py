@@ -21,8 +21,8 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,26 +54,103 @@ class BatchResult:
     segment_file: str
 
 
+MARKER = ".valuecast-output"
+_ACTIVE: set[Path] = set()  # this process's temporaries in use: never stale, whatever their pid says
+
+
+class OutputInUseError(ConfigError):
+    """OUT exists and is not valuecast's output: replacing it would delete someone's files."""
+
+
+def _temporaries(target: Path) -> list[tuple[Path, int | None]]:
+    """Folders beside ``target`` named as :func:`atomic_folder` names them (``.<name>.<pid>.<token>.tmp``
+    or ``.old``; ``.<name>.<8 characters>.tmp``/``.old`` of earlier versions, pid None), nothing else."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)\.[0-9a-f]{{8}}|[a-z0-9_]{{8}})\.(?:tmp|old)$")
+    found = []
+    for path in target.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.resolve() not in _ACTIVE:
+            found.append((path, int(match.group(1)) if match.group(1) else None))
+    return sorted(found, key=lambda item: item[0].stat().st_mtime)
+
+
+def _running(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():  # this process's in-use ones are in _ACTIVE
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(target: Path) -> None:
+    """After a crash: put back the previous output when one was moved aside and OUT is missing (a crash
+    between the two renames of the swap), then remove the temporaries of runs no longer running."""
+    stale = [path for path, pid in _temporaries(target) if not _running(pid)]
+    if not os.path.lexists(target):
+        moved_aside = [path for path in stale if path.name.endswith(".old")]
+        if moved_aside:
+            newest = moved_aside[-1]
+            previous = newest / "previous"  # earlier versions moved OUT into <old>/previous
+            os.rename(previous if previous.is_dir() and not (newest / MARKER).exists() else newest, target)
+    for path in stale:
+        if os.path.lexists(path):
+            _remove(path)
+
+
+def check_replaceable(target: Path, force: bool) -> None:
+    """Refuse to replace anything at OUT but valuecast's own output (a folder with the marker file) or
+    an empty folder, unless forced: OUT=~/Documents must not delete ~/Documents."""
+    if force or not os.path.lexists(target):
+        return
+    ours = target.is_dir() and not target.is_symlink() and ((target / MARKER).is_file() or not any(target.iterdir()))
+    if not ours:
+        raise OutputInUseError(
+            f"OUT={target} exists and is not a valuecast output folder (no {MARKER} in it): "
+            "choose another OUT, or replace it with --force (make score ... FORCE=1)"
+        )
+
+
 @contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` that replaces it only when the block succeeds."""
+def atomic_folder(target: Path, marker: dict[str, Any] | None = None, *, force: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that replaces it only when the block succeeds.
+
+    The old output is renamed aside before the new one is renamed in and removed after, so a crash at
+    any point leaves either folder findable; :func:`recover` puts it back on the next run. ``marker``
+    (JSON, deterministic so the same run writes the same files) goes into ``MARKER`` and is what lets
+    the next run replace this folder."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    recover(target)
+    check_replaceable(target, force)
+    stem = f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    work, old = target.parent / f"{stem}.tmp", target.parent / f"{stem}.old"
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
+    work.mkdir(mode=0o777 & ~umask)
+    _ACTIVE.update({work.resolve(), old.resolve()})
     try:
         yield work
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.rename(target, old / "previous")
+        (work / MARKER).write_text(json.dumps({"written_by": "valuecast", **(marker or {})}, sort_keys=True) + "\n")
+        if os.path.lexists(target):
+            os.rename(target, old)
         os.rename(work, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(old):
+            _remove(old)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        _ACTIVE.difference_update({work.resolve(), old.resolve()})
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -324,10 +401,12 @@ def run(
     refreeze: bool = False,
     rules_path: Path | None = None,
     engine: str = "local",
+    force: bool = False,
     progress: Callable[[str, int, int], None] = lambda step, done, total: None,
 ) -> BatchResult:
     """Score every customer (and lead) of ``dataset`` into ``out`` with ``champions``, which must be
-    that dataset's own: another dataset's models and tiers would give its numbers to these customers."""
+    that dataset's own: another dataset's models and tiers would give its numbers to these customers.
+    ``force``: replace whatever is at ``out``, even when it is not valuecast's output."""
     if dataset.transactions is None:
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
     if champions.dataset and champions.dataset != dataset.config.name:
@@ -336,7 +415,8 @@ def run(
             f"load_champions('{dataset.config.name}')"
         )
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
-    with atomic_folder(out) as work:  # nothing replaces OUT unless every step below succeeds
+    marker = {"dataset": dataset.config.name, "as_of": f"{as_of:%Y-%m-%d}"}
+    with atomic_folder(out, marker, force=force) as work:  # nothing replaces OUT unless every step below succeeds
         scores, leads, info, segment_file = _score_into(
             work, champions, dataset, as_of, refreeze, rules_path, engine, progress
         )
