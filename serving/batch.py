@@ -69,12 +69,25 @@ def _temporaries(target: Path) -> list[tuple[Path, int | None]]:
     found = []
     for path in target.parent.iterdir():
         match = pattern.fullmatch(path.name)
-        if match and path.resolve() not in _ACTIVE:
+        if match and _key(path) not in _ACTIVE:
             found.append((path, int(match.group(1)) if match.group(1) else None))
-    return sorted(found, key=lambda item: item[0].stat().st_mtime)
+    return sorted(found, key=lambda item: _mtime(item[0]))
+
+
+def _key(path: Path) -> Path:
+    """The path with its folder resolved but not itself: a link named like a temporary is not followed."""
+    return path.parent.resolve() / path.name
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:  # removed meanwhile by another run's cleanup
+        return 0.0
 
 
 def _running(pid: int | None) -> bool:
+    """Whether the run that named a temporary is alive: a live run's folders must not be removed."""
     if pid is None or pid == os.getpid():  # this process's in-use ones are in _ACTIVE
         return False
     try:
@@ -87,6 +100,7 @@ def _running(pid: int | None) -> bool:
 
 
 def _remove(path: Path) -> None:
+    """Remove a folder, or a link or file (a forced OUT), without following a link."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -138,9 +152,10 @@ def atomic_folder(target: Path, marker: dict[str, Any] | None = None, *, force: 
     umask = os.umask(0)
     os.umask(umask)
     work.mkdir(mode=0o777 & ~umask)
-    _ACTIVE.update({work.resolve(), old.resolve()})
+    _ACTIVE.update({_key(work), _key(old)})
     try:
         yield work
+        # no timestamp in the marker: the same run must write the same bytes (the folder's mtime says when)
         (work / MARKER).write_text(json.dumps({"written_by": "valuecast", **(marker or {})}, sort_keys=True) + "\n")
         if os.path.lexists(target):
             os.rename(target, old)
@@ -150,7 +165,7 @@ def atomic_folder(target: Path, marker: dict[str, Any] | None = None, *, force: 
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-        _ACTIVE.difference_update({work.resolve(), old.resolve()})
+        _ACTIVE.difference_update({_key(work), _key(old)})
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
