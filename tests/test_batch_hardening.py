@@ -3,8 +3,14 @@ OUT is only replaced when it is valuecast's own output, and a crash never loses 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +21,8 @@ from features.config import ConfigError
 from serving.batch import MARKER, OutputInUseError, atomic_folder, recover, segment_lists
 from serving.segments import DEFAULT_RULES, load_rules
 from valuecast.cli import app
+
+from .conftest import SERVING_AS_OF
 
 
 def rules_with_segment(tmp_path: Path, name: str, action: str = "low-cost channels only") -> Path:
@@ -151,3 +159,48 @@ def test_finding_11_failed_swap_keeps_the_old_output(tmp_path: Path, monkeypatch
     with pytest.raises(RuntimeError), atomic_folder(out, {}):
         raise RuntimeError("this run fails too")
     assert files_of(out) == good and sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files_of(folder).items()}
+
+
+@pytest.mark.slow
+def test_finding_11_kill_9_at_random_points_never_loses_out(champion_store: dict[str, str], tmp_path: Path) -> None:
+    """``valuecast score`` as a real process, killed with SIGKILL at random points of its run (three
+    seeds): OUT holds the last good run's files, byte for byte (the marker is deterministic, so it is
+    compared too), and after one more run no temporaries of the killed runs remain beside OUT."""
+    out = tmp_path / "scores"
+    command = [str(Path(sys.executable).parent / "valuecast"), "score", "--data", "cdnow_sample"]
+    command += ["--out", str(out), "--as-of", SERVING_AS_OF]
+    environment = {**os.environ, **champion_store}
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+
+    began = time.monotonic()
+    good_run = start()
+    _, errors = good_run.communicate(timeout=300)
+    assert good_run.returncode == 0, errors.decode()
+    duration = time.monotonic() - began
+    good = digest(out)
+    assert MARKER in good and "lists/protect.csv" in good
+
+    for seed in (1, 2, 3):
+        killed = start()
+        time.sleep(random.Random(seed).uniform(0.0, duration))
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)  # reaped, so its pid no longer counts as running
+        aside = [p for p in tmp_path.glob(".scores.*.old") if (p / MARKER).exists()]
+        assert out.exists() or aside, f"seed {seed}: the last good output is nowhere"
+        recover(out)  # what the next run does first: after a kill between the two renames OUT is back
+        assert digest(out) == good, f"seed {seed}: OUT differs from the last good run"
+
+    final = start()
+    _, errors = final.communicate(timeout=300)
+    assert final.returncode == 0, errors.decode()
+    assert digest(out) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]  # no .scores.* temporaries
