@@ -38,8 +38,10 @@ METRIC ?=
 VERSION ?=
 UI_PORT ?= 5000
 JSON ?=
+FORCE ?=
 
 as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
+force_arg = $(if $(filter 1 yes true,$(FORCE)),--force,)
 
 .PHONY: help
 help: ## List the targets and their variables
@@ -54,6 +56,7 @@ help: ## List the targets and their variables
 	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"
 	@echo "           BENCH_CUSTOMERS=N (default 1000000)  MODEL=<family>  CONFIG=<yaml>  TRIALS=N  EXPERIMENT=<name>"
 	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)  JSON=1 (models)"
+	@echo "           FORCE=1 (score: replace an OUT that is not valuecast's output)"
 	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data); the API: VALUECAST_DATASETS, VALUECAST_DEFAULT_DATASET"
 
 $(UV):
@@ -110,9 +113,9 @@ train: setup ## Train MODEL (churn|propensity|lead_score|clv|uplift|all, default
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: score
-score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists)
+score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists); FORCE=1 replaces an OUT valuecast did not write
 	@test -n "$(OUT)" || { echo "error: set OUT=<folder>, e.g. make score DATA=cdnow OUT=out/scores"; exit 2; }
-	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE)
+	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE) $(force_arg)
 
 .PHONY: segments
 segments: setup ## Score DATA with its champions and freeze its tier cut-offs (segments/<dataset>/*.json) for API and batch

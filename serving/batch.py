@@ -21,8 +21,8 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
 from serving.scoring import Champions, NotReadyError, model_scores, with_segments
@@ -40,6 +41,7 @@ from serving.segments import freeze, latest_frozen, load_frozen, load_rules, sum
 
 CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
 CHUNK_CUSTOMERS = 200_000
+SAFE_FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
 @dataclass
@@ -52,26 +54,118 @@ class BatchResult:
     segment_file: str
 
 
+MARKER = ".valuecast-output"
+_ACTIVE: set[Path] = set()  # this process's temporaries in use: never stale, whatever their pid says
+
+
+class OutputInUseError(ConfigError):
+    """OUT exists and is not valuecast's output: replacing it would delete someone's files."""
+
+
+def _temporaries(target: Path) -> list[tuple[Path, int | None]]:
+    """Folders beside ``target`` named as :func:`atomic_folder` names them (``.<name>.<pid>.<token>.tmp``
+    or ``.old``; ``.<name>.<8 characters>.tmp``/``.old`` of earlier versions, pid None), nothing else."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)\.[0-9a-f]{{8}}|[a-z0-9_]{{8}})\.(?:tmp|old)$")
+    found = []
+    for path in target.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and _key(path) not in _ACTIVE:
+            found.append((path, int(match.group(1)) if match.group(1) else None))
+    return sorted(found, key=lambda item: _mtime(item[0]))
+
+
+def _key(path: Path) -> Path:
+    """The path with its folder resolved but not itself: a link named like a temporary is not followed."""
+    return path.parent.resolve() / path.name
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:  # removed meanwhile by another run's cleanup
+        return 0.0
+
+
+def _running(pid: int | None) -> bool:
+    """Whether the run that named a temporary is alive: a live run's folders must not be removed."""
+    if pid is None or pid == os.getpid():  # this process's in-use ones are in _ACTIVE
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a link or file (a forced OUT), without following a link."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(target: Path) -> None:
+    """After a crash: put back the previous output when one was moved aside and OUT is missing (a crash
+    between the two renames of the swap), then remove the temporaries of runs no longer running."""
+    stale = [path for path, pid in _temporaries(target) if not _running(pid)]
+    if not os.path.lexists(target):
+        moved_aside = [path for path in stale if path.name.endswith(".old")]
+        if moved_aside:
+            newest = moved_aside[-1]
+            previous = newest / "previous"  # earlier versions moved OUT into <old>/previous
+            os.rename(previous if previous.is_dir() and not (newest / MARKER).exists() else newest, target)
+    for path in stale:
+        if os.path.lexists(path):
+            _remove(path)
+
+
+def check_replaceable(target: Path, force: bool) -> None:
+    """Refuse to replace anything at OUT but valuecast's own output (a folder with the marker file) or
+    an empty folder, unless forced: OUT=~/Documents must not delete ~/Documents."""
+    if force or not os.path.lexists(target):
+        return
+    ours = target.is_dir() and not target.is_symlink() and ((target / MARKER).is_file() or not any(target.iterdir()))
+    if not ours:
+        raise OutputInUseError(
+            f"OUT={target} exists and is not a valuecast output folder (no {MARKER} in it): "
+            "choose another OUT, or replace it with --force (make score ... FORCE=1)"
+        )
+
+
 @contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` that replaces it only when the block succeeds."""
+def atomic_folder(target: Path, marker: dict[str, Any] | None = None, *, force: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that replaces it only when the block succeeds.
+
+    The old output is renamed aside before the new one is renamed in and removed after, so a crash at
+    any point leaves either folder findable; :func:`recover` puts it back on the next run. ``marker``
+    (JSON, deterministic so the same run writes the same files) goes into ``MARKER`` and is what lets
+    the next run replace this folder."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    recover(target)
+    check_replaceable(target, force)
+    stem = f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    work, old = target.parent / f"{stem}.tmp", target.parent / f"{stem}.old"
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
+    work.mkdir(mode=0o777 & ~umask)
+    _ACTIVE.update({_key(work), _key(old)})
     try:
         yield work
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.rename(target, old / "previous")
+        # no timestamp in the marker: the same run must write the same bytes (the folder's mtime says when)
+        (work / MARKER).write_text(json.dumps({"written_by": "valuecast", **(marker or {})}, sort_keys=True) + "\n")
+        if os.path.lexists(target):
+            os.rename(target, old)
         os.rename(work, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(old):
+            _remove(old)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        _ACTIVE.difference_update({_key(work), _key(old)})
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -296,9 +390,21 @@ def segment_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: 
         keep = keep[["customer_id", *contact_columns, "segment", "action"]]
     counts = {}
     for segment, rows in keep.groupby("segment", sort=True):
-        write_csv(rows, folder / f"{segment}.csv")
+        write_csv(rows, inside(folder, f"{segment}.csv"))
         counts[str(segment)] = len(rows)
     return counts
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder/name``, checked to stay inside ``folder``: names built from data (segments, tables)
+    must never write elsewhere, whatever slipped past the checks of the rules file."""
+    path = folder / name
+    if not SAFE_FILE_NAME.fullmatch(name) or not path.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(
+            f"refusing to write {name!r}: it would not be a plain file inside {folder}; "
+            "name segments with lower-case letters, digits, '_' or '-' only"
+        )
+    return path
 
 
 def run(
@@ -310,10 +416,12 @@ def run(
     refreeze: bool = False,
     rules_path: Path | None = None,
     engine: str = "local",
+    force: bool = False,
     progress: Callable[[str, int, int], None] = lambda step, done, total: None,
 ) -> BatchResult:
     """Score every customer (and lead) of ``dataset`` into ``out`` with ``champions``, which must be
-    that dataset's own: another dataset's models and tiers would give its numbers to these customers."""
+    that dataset's own: another dataset's models and tiers would give its numbers to these customers.
+    ``force``: replace whatever is at ``out``, even when it is not valuecast's output."""
     if dataset.transactions is None:
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
     if champions.dataset and champions.dataset != dataset.config.name:
@@ -322,7 +430,8 @@ def run(
             f"load_champions('{dataset.config.name}')"
         )
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
-    with atomic_folder(out) as work:  # nothing replaces OUT unless every step below succeeds
+    marker = {"dataset": dataset.config.name, "as_of": f"{as_of:%Y-%m-%d}"}
+    with atomic_folder(out, marker, force=force) as work:  # nothing replaces OUT unless every step below succeeds
         scores, leads, info, segment_file = _score_into(
             work, champions, dataset, as_of, refreeze, rules_path, engine, progress
         )
@@ -402,7 +511,7 @@ def _score_into(
     quarantined: dict[str, int] = {}
     for kind, checked in dataset.checked_tables():
         if not checked.quarantine.empty:  # rows that could not be used, with their reason
-            checked.quarantine.to_csv(work / f"quarantine.{kind}.csv", index=False)
+            checked.quarantine.to_csv(inside(work, f"quarantine.{kind}.csv"), index=False)
             quarantined[kind] = len(checked.quarantine)
     info["quarantined"] = quarantined
     made = figures(scores)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,9 @@ DEFAULT_RULES = PROJECT_ROOT / "configs" / "segments.yaml"
 DEFAULT_FROZEN_DIR = PROJECT_ROOT / "segments"
 TIERS = ("A", "B", "C", "D")
 NO_ACTION = "no marketing action"
+# Segment names become file names (lists/<segment>.csv) and CRM list names: plain identifiers only.
+SEGMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+ACTION_TEXT = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 
 
 class _Strict(BaseModel):
@@ -70,6 +74,29 @@ class SegmentRule(_Strict):
     name: str
     when: Condition = Condition()
     action: str
+
+    @field_validator("name")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        """The name becomes ``lists/<name>.csv``: a name such as ``../../x`` would write outside OUT."""
+        if not SEGMENT_NAME.fullmatch(value):
+            raise ValueError(
+                f"segment name {value!r} is not a plain identifier: use 1-64 lower-case letters, digits, "
+                "'_' or '-', starting with a letter or digit (e.g. win_back)"
+            )
+        return value
+
+    @field_validator("action")
+    @classmethod
+    def _one_line_of_text(cls, value: str) -> str:
+        """Actions are free text for people, but land in CSV cells that CRM tools import: one line,
+        no control characters, at most 200 characters."""
+        if not ACTION_TEXT.fullmatch(value):
+            raise ValueError(
+                f"action {value[:40]!r} must be one line of 1-200 characters without control characters "
+                "(no newlines or tabs): shorten it or move the detail to your campaign notes"
+            )
+        return value
 
 
 class Suppression(_Strict):

@@ -420,6 +420,10 @@ def score(
         bool, typer.Option(help="Freeze new segment cut-offs on this population instead of the latest file.")
     ] = False,
     rules: Annotated[Path | None, typer.Option(help="Segment rules YAML (with --refreeze).")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace OUT even when it is not a folder valuecast wrote (no .valuecast-output in it)."),
+    ] = False,
 ) -> None:
     """Score every customer with DATA's own champion models (valuecast-<family>-<dataset>) and segment
     file: scores, segments, report, lists for CRM tools."""
@@ -427,12 +431,13 @@ def score(
     _quiet_mlflow()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from serving.batch import run, summary_table
+    from serving.batch import check_replaceable, run, summary_table
     from serving.scoring import NotReadyError
     from training import tracking
 
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
+        check_replaceable(out, force)  # before minutes of scoring, not after; run() checks again
         dataset = _load(data, None)
         champions = _dataset_champions(dataset.config.name)
         columns = [
@@ -458,6 +463,7 @@ def score(
                     refreeze=refreeze,
                     rules_path=rules,
                     engine=engine,
+                    force=force,
                     progress=progress,
                 )
             except NotReadyError as exc:
