@@ -35,6 +35,7 @@ from training.btyd import BTYDModel, FitError, expected_orders_curve, fit_btyd, 
 from training.candidates import CLV_BASELINES, CLV_CANDIDATES, Choice, ClipToRange, SkewedLog1p, choose_and_report
 from training.columns import Columns, feature_matrix, values_of, with_columns
 from training.common import (
+    PREDICT_PARAMS,
     CustomerModel,
     Trained,
     contract_example,
@@ -287,7 +288,7 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
     model, split = fit.model, fit.split
     model.method = choice.winner
     example = contract_example(dataset)
-    as_of = str(split.test_cutoff.date())
+
     return Trained(
         family=NAME,
         registered_name=registered_name(NAME, dataset.config.name),
@@ -303,8 +304,8 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
             **fit.params,
         },
         input_example=example,
-        output_example=model.predict(None, example, {"as_of": as_of}),
-        predict_params={"as_of": "", "output": "customers"},
+        output_example=model.predict(None, example, PREDICT_PARAMS),
+        predict_params=dict(PREDICT_PARAMS),
         tables={
             "candidates": choice.table(),
             "deciles": choice.test[choice.winner].tables.get("deciles", pd.DataFrame()),

@@ -234,6 +234,11 @@ def request_dataset(config: DatasetConfig, transactions: pd.DataFrame) -> Datase
     return Dataset(request_config, transactions=checked)
 
 
+# A customer model's parameters and their defaults in its signature: no as_of means the day after the
+# latest input transaction; one row per customer.
+PREDICT_PARAMS = {"as_of": "", "output": "customers"}
+
+
 class CustomerModel(PythonModel):
     """A model of customers with a transaction history.
 

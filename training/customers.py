@@ -40,6 +40,7 @@ from training.candidates import (
     logistic_regression,
 )
 from training.common import (
+    PREDICT_PARAMS,
     RFM_COLUMNS,
     CustomerModel,
     Trained,
@@ -425,8 +426,8 @@ def _trained(
         test_window=f"{split.test_cutoff:%Y-%m-%d} + {config.horizon_days} days",
         params={**params_for_logging(config), "train_cutoffs": split.window, "features": len(model.columns)},
         input_example=example,
-        output_example=model.predict(None, example, {"as_of": str(split.test_cutoff.date())}),
-        predict_params={"as_of": "", "output": "customers"},
+        output_example=model.predict(None, example, PREDICT_PARAMS),
+        predict_params=dict(PREDICT_PARAMS),
         extra_metrics=extra,
         tables={"targets": per_target, "candidates": candidates},
         train_rows=primary.train_rows,
