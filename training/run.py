@@ -155,8 +155,9 @@ def run_name(kind: str, trained: Trained, dataset: Dataset) -> str:
 
 
 def log_candidates(trained: Trained, tags: dict[str, str]) -> None:
-    """One child run per candidate: its validation figures (``val_*``) and test figures, so the UI
-    lists every candidate beside the winner. Baselines are named ``baseline | <name>``."""
+    """One child run per candidate: its validation (``val_*``) and test metrics, so the UI lists every
+    candidate beside the winner. Baselines are named ``baseline | <name>``. Figures are the parent's
+    (the winner's): drawing every candidate's would cost more than training the linear ones."""
     choice = trained.choice
     if choice is None:
         return
@@ -174,7 +175,6 @@ def log_candidates(trained: Trained, tags: dict[str, str]) -> None:
             tracking.log_metrics(test.metrics)
             if name in choice.validation:
                 tracking.log_metrics(choice.validation[name].metrics, prefix="val_")
-            tracking.log_figures(test.figures)
 
 
 def log_evaluation(trained: Trained, dataset: Dataset, *, prefix: str = "", details: bool = True) -> None:
