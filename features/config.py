@@ -32,6 +32,7 @@ CAMPAIGN_OUTCOMES = ("visit", "conversion", "spend")
 CAMPAIGN_COLUMNS = ("customer_id", "arm", "sent_at", *CAMPAIGN_OUTCOMES)
 # Model inputs derived from a lead's created_at (day of week 0 = Monday, month 1-12, hour 0-23).
 LEAD_CALENDAR = ("created_dow", "created_month", "created_hour")
+SUPPRESSION_FLAGS = ("do_not_contact", "opted_out")
 CONTRACT_NAMES = frozenset(
     {
         *TRANSACTION_REQUIRED,
@@ -315,6 +316,9 @@ def attribute_name_collisions(attributes: list[str], *, campaign: bool = False) 
     campaign log is a table of its own: only its own contract names are taken (Hillstrom's
     ``channel`` is an attribute there)."""
     reserved = {*CAMPAIGN_COLUMNS, "_row"} if campaign else {*CONTRACT_NAMES, *LEAD_CALENDAR, "_row"}
+    # Suppression flags ride along with any table (a request's attributes, a transaction log's per-row
+    # flags): the segment rules read them by these names, so carrying them is not a collision.
+    reserved -= set(SUPPRESSION_FLAGS)
     problems = []
     seen: dict[str, str] = {}
     for column in attributes:

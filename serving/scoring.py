@@ -41,6 +41,7 @@ from training.common import CustomerModel
 # What POST /score and batch scoring combine into one row: their outputs are read by name below.
 CUSTOMER_FAMILIES = ("churn", "propensity", "clv")
 LEAD_FAMILIES = ("lead_score",)
+ENDPOINT_FAMILIES = (*CUSTOMER_FAMILIES, *LEAD_FAMILIES)
 DATASETS_ENV = "VALUECAST_DATASETS"
 # Feature columns that describe the gaps between orders: unknown (missing) for a customer without history.
 UNKNOWN_FOR_NEW = (
@@ -195,8 +196,10 @@ def load_champions(dataset: str, segment_file: Path | None = None) -> Champions:
         except MlflowException:
             continue
         registered[family] = name
-    entities = {families.get(f).entity for f in registered}
+    entities = {families.get(f).entity for f in registered if f in ENDPOINT_FAMILIES}
     for family in families.names():
+        if family not in ENDPOINT_FAMILIES:
+            continue  # not served by /score or /score_leads yet (uplift: issue [3/5]'s serving side)
         if family not in registered:
             if families.get(family).entity in entities:
                 champions.problems[family] = f"no registered model {families.registered_name(family, dataset)}"
