@@ -57,11 +57,14 @@ def _baseline(runs: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def comparison_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per run (baselines left out), best first: run name, model, the key settings that differ
+    """One row per run (baselines and a training run's other candidates left out), best first: run name, model, the key settings that differ
     between runs, the metric, the best baseline on it, a few more metrics, the registered version."""
     if runs.empty:
         raise ValueError("the experiment has no runs yet")
-    listed = runs.loc[runs.get("tags.baseline", pd.Series(index=runs.index, dtype=object)).ne("true")].copy()
+    baseline = runs.get("tags.baseline", pd.Series(index=runs.index, dtype=object)).eq("true")
+    # a training run's candidates are its child runs (tag winner): the parent already is the winner
+    candidate = runs.get("tags.winner", pd.Series(index=runs.index, dtype=object)).notna()
+    listed = runs.loc[~baseline & ~candidate].copy()
     column = f"metrics.{metric}"
     if column not in listed.columns or listed[column].isna().all():
         known = sorted(c.removeprefix("metrics.") for c in listed.columns if c.startswith("metrics."))
