@@ -58,8 +58,8 @@ def _baseline(runs: pd.DataFrame, metric: str) -> pd.Series:
 
 def comparison_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per run (baselines and a training run's other candidates left out), best first: run name,
-    model, the key settings that differ
-    between runs, the metric, the best baseline on it, a few more metrics, the registered version."""
+    model, the key settings that differ between runs, the metric, the best baseline on it, a few more
+    metrics, the registered version."""
     if runs.empty:
         raise ValueError("the experiment has no runs yet")
     baseline = runs.get("tags.baseline", pd.Series(index=runs.index, dtype=object)).eq("true")
