@@ -195,11 +195,18 @@ class SweepOutcome:
             lines.append("  interrupted: the finished trials are kept; nothing was registered")
         if self.test is not None and self.promotion is not None:
             lines.append(f"  on the test window: {self.test.report.summary_line()}")
-            name, best = self.test.best_baseline()
-            lines.append(f"  best baseline ({name}): {best.summary_line()}")
+            if self.test.baselines:
+                name, best = self.test.best_baseline()
+                lines.append(f"  best baseline ({name}): {best.summary_line()}")
+            else:  # the sweep trains xgboost alone: make train compares it with the baselines
+                lines.append("  no baseline in this sweep's candidates: make train compares them")
             lines.append(f"  {self.promotion.message()}")
             family = self.test.family
-            lines.append(f"  promote it with: make promote MODEL={family} VERSION={self.promotion.version}")
+            parsed = families.parse_registered_name(self.promotion.registered_name)
+            dataset = parsed[1] if parsed else "<dataset>"
+            lines.append(
+                f"  promote it with: make promote MODEL={family} DATA={dataset} VERSION={self.promotion.version}"
+            )
         return lines
 
 
