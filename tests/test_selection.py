@@ -274,3 +274,19 @@ def test_a_config_with_a_misspelt_family_section_names_it(tmp_path: Path) -> Non
     config = _config(tmp_path, "chrun:\n  seed: 1\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['chrun'\]"):
         load_model_config("churn", "cdnow", config)
+
+
+def test_bgnbd_baselines_rank_in_the_direction_of_their_outcome() -> None:
+    """A customer more likely alive and expected to buy more is less likely to churn and more likely
+    to purchase: each BG/NBD baseline's score must say so (propensity once used churn's exp(-E[X]))."""
+    from training.candidates import BGNBD_SCORES, ColumnScore
+
+    engaged = {"btyd_p_alive": 0.9, "btyd_expected_orders": 3.0}
+    lapsed = {"btyd_p_alive": 0.1, "btyd_expected_orders": 0.1}
+    for kind, scores in BGNBD_SCORES.items():
+        for name, (column, transform) in scores.items():
+            score = ColumnScore(transform).fit().score(np.array([[engaged[column]], [lapsed[column]]]))
+            if kind == "churn":
+                assert score[0] < score[1], name
+            else:
+                assert score[0] > score[1], name
