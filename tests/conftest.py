@@ -46,6 +46,15 @@ def cdnow_transactions(cdnow: Dataset) -> pd.DataFrame:
 
 
 @pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store and artifact folder under tmp_path, for this test; returns its URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    return uri
+
+
+@pytest.fixture()
 def write_csv(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Write text as a CSV file under tmp_path and return its path."""
 

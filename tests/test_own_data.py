@@ -21,14 +21,6 @@ from .test_file_options import ALL_OPTIONS, write_shop
 runner = CliRunner()
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
-    return uri
-
-
 @pytest.fixture(scope="module")
 def cdnow_2000(cdnow_transactions: pd.DataFrame) -> pd.DataFrame:
     ids = cdnow_transactions["customer_id"].astype(str).drop_duplicates().head(2000)

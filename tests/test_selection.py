@@ -27,14 +27,6 @@ from .conftest import load_real
 runner = CliRunner()
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
-    return uri
-
-
 def _config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "models.yaml"
     path.write_text(text)

@@ -19,14 +19,6 @@ from training.run import log_trained, train_and_log
 from .conftest import load_real
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("VALUECAST_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
-    return uri
-
-
 @pytest.fixture(scope="module")
 def cdnow_clv() -> tuple[Dataset, object]:
     dataset = load_real("cdnow")
