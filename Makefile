@@ -123,6 +123,7 @@ segments: setup ## Score DATA with its champions and freeze its tier cut-offs (s
 
 .PHONY: serve
 serve: setup ## Start the scoring API (BentoML) on HOST:PORT (default 127.0.0.1:3000) with every dataset's champions
+	$(VALUECAST) prepare-store
 	OMP_NUM_THREADS=1 $(BIN)/bentoml serve serving.service:ValueService --host $(HOST) --port $(PORT)
 
 .PHONY: reload

@@ -8,22 +8,166 @@ value sent and the reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from training.columns import rows_of
 from training.families import DATASET_NAME
 
 OPTIONAL_TRANSACTION_FIELDS = ("category", "order_id", "quantity", "channel", "product_id")
-MAX_CUSTOMERS = 10_000
-MAX_LEADS = 10_000
-Scalar = str | int | float | bool | None
+# Names a customer attribute never takes: the customer's id and a transaction's required fields
+# (finding 1: an attribute named ``amount`` used to overwrite every amount).
+RESERVED_ATTRIBUTE_NAMES = frozenset({"customer_id", "timestamp", "amount"})
+
+
+def _limit(name: str, default: float) -> float:
+    """A limit from the environment (``VALUECAST_<NAME>``); a value that is not a positive number stops
+    the server at start with the variable named, rather than serving without the limit."""
+    text = os.environ.get(f"VALUECAST_{name}")
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"VALUECAST_{name}={text!r} is not a positive number; unset it for the default {default:g}")
+    return value
+
+
+MAX_CUSTOMERS = int(_limit("MAX_CUSTOMERS", 10_000))
+MAX_LEADS = int(_limit("MAX_LEADS", 10_000))
+MAX_BODY_BYTES = int(_limit("MAX_BODY_BYTES", 16 * 1024 * 1024))
+MAX_TRANSACTIONS = int(_limit("MAX_TRANSACTIONS_PER_CUSTOMER", 100_000))
+MAX_FIELDS = int(_limit("MAX_FIELDS", 200))  # attributes of a customer, fields of a lead
+MAX_TEXT = int(_limit("MAX_TEXT_LENGTH", 1_000))  # characters in any string value
+MAX_NAME = 100  # characters in an attribute or lead field name
+MAX_ABS_NUMBER = _limit("MAX_ABS_NUMBER", 1e12)  # amounts, quantities, numeric attributes and lead values
+MAX_DEPTH = 5  # the deepest request: body > customers > customer > transactions > transaction
+EARLIEST = datetime(1900, 1, 1)
+LATEST = datetime(2100, 12, 31, 23, 59, 59)
+
+
+def _finite_in_range(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if abs(value) > MAX_ABS_NUMBER:
+        raise ValueError(f"must be at most {MAX_ABS_NUMBER:g} in absolute value")
+    return value
+
+
+def _utf8(value: str) -> str:
+    """Lone surrogates (``"\\ud800"``) are valid JSON but not text: refused, never a 500 later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode text ({exc.reason} at character {exc.start})") from None
+    return value
+
+
+def _text_only(value: Any) -> Any:
+    """Dates and times are written as text: a number is not a date (1998 is not 1998-01-01)."""
+    if not isinstance(value, str | date):
+        raise ValueError("write dates as ISO 8601 text, e.g. '1998-07-01' or '1998-07-01T10:30:00+02:00'")
+    return value
+
+
+def _in_date_range(value: datetime | date) -> datetime | date:
+    naive = value.replace(tzinfo=None) if isinstance(value, datetime) else datetime(value.year, value.month, value.day)
+    if not EARLIEST <= naive <= LATEST:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """A customer attribute or lead value: text, a number, true/false or null, within the limits."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return _finite_in_range(value) if isinstance(value, float) else _integer(value)
+    if isinstance(value, str):
+        return _text(value)
+    raise ValueError("must be text, a number, true/false or null")
+
+
+def _integer(value: int) -> int:
+    if abs(value) > MAX_ABS_NUMBER:
+        raise ValueError(f"must be at most {MAX_ABS_NUMBER:g} in absolute value")
+    return value
+
+
+def _text(value: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"text longer than {MAX_TEXT:,} characters")
+    return _utf8(value)
+
+
+def _key(value: Any) -> str:
+    """An id: text or an integer (not true/false), kept as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(_integer(value))
+    if not isinstance(value, str):
+        raise ValueError("must be text or an integer")
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+_NUMBER_SCHEMA = {"type": "number", "minimum": -MAX_ABS_NUMBER, "maximum": MAX_ABS_NUMBER}
+_TEXT_SCHEMA = {"type": "string", "maxLength": MAX_TEXT}
+Number = Annotated[float, Strict(), AfterValidator(_finite_in_range), WithJsonSchema(_NUMBER_SCHEMA)]
+Text = Annotated[str, Strict(), AfterValidator(_text), WithJsonSchema(_TEXT_SCHEMA)]
+Key = Annotated[
+    str,
+    PlainValidator(_key),
+    WithJsonSchema({"anyOf": [{**_TEXT_SCHEMA, "minLength": 1, "pattern": r"\S"}, {"type": "integer"}]}),
+]
+Scalar = Annotated[
+    str | bool | int | float | None,
+    PlainValidator(_scalar),
+    WithJsonSchema({"anyOf": [_TEXT_SCHEMA, _NUMBER_SCHEMA, {"type": "boolean"}, {"type": "null"}]}),
+]
+_DATE_SCHEMA = {"type": "string", "format": "date", "description": "between 1900-01-01 and 2100-12-31"}
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_text_only),
+    AfterValidator(_in_date_range),
+    WithJsonSchema({**_DATE_SCHEMA, "format": "date-time"}),
+]
+Day = Annotated[date, BeforeValidator(_text_only), AfterValidator(_in_date_range), WithJsonSchema(_DATE_SCHEMA)]
+FieldName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_utf8)
+]
+
+
+def _distinct_names(names: Iterable[str], what: str) -> None:
+    """Two names that differ only in case or surrounding blanks mean the same column to a person and
+    to a file reader: refused, rather than one silently winning."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.strip().casefold()
+        if key in seen:
+            raise ValueError(f"{what} '{seen[key]}' and '{name}' differ only in case or blanks; keep one")
+        seen[key] = name
 
 
 class _Request(BaseModel):
@@ -31,37 +175,90 @@ class _Request(BaseModel):
 
 
 class Transaction(_Request):
-    timestamp: datetime
-    amount: float = Field(allow_inf_nan=False)
-    category: str | None = None
-    order_id: str | int | None = None
-    quantity: float | None = Field(default=None, allow_inf_nan=False)
-    channel: str | None = None
-    product_id: str | int | None = None
+    """One purchase (or a refund, with a negative amount)."""
+
+    timestamp: Timestamp = Field(description="when; ISO 8601, without a zone it is UTC")
+    amount: Number = Field(description="money, in the dataset's currency; negative for a refund")
+    category: Text | None = None
+    order_id: Key | None = None
+    quantity: Number | None = None
+    channel: Text | None = None
+    product_id: Key | None = None
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"timestamp": "1998-01-05T10:30:00", "amount": 29.97}]}
+    )
 
 
 class Customer(_Request):
-    customer_id: str | int
-    transactions: list[Transaction] = Field(default_factory=list)
-    attributes: dict[str, Scalar] = Field(default_factory=dict)
+    customer_id: Key = Field(description="the customer's id in your system; unique in the request")
+    transactions: list[Transaction] = Field(default_factory=list, max_length=MAX_TRANSACTIONS)
+    attributes: dict[FieldName, Scalar] = Field(
+        default_factory=dict,
+        max_length=MAX_FIELDS,
+        description="customer fields, e.g. suppression flags and contact dates; not named like a transaction field",
+    )
 
-    @field_validator("customer_id")
+    @field_validator("attributes")
     @classmethod
-    def _not_blank(cls, value: str | int) -> str:
-        text = str(value).strip()
-        if not text:
-            raise ValueError("customer_id must not be empty")
-        return text
+    def _no_collisions(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        for name in attributes:
+            if name.strip().casefold() in RESERVED_ATTRIBUTE_NAMES:
+                raise ValueError(collision(name))
+        _distinct_names(attributes, "attributes")
+        return attributes
+
+
+def collision(name: str) -> str:
+    return f"attribute '{name}' is named like a transaction field and would overwrite it; rename the attribute"
+
+
+def transaction_field_collisions(request: ScoreRequest) -> list[dict[str, Any]]:
+    """Attributes named like an optional transaction field (``category``, ``channel``...), a problem
+    where customers are scored from transactions: the attribute would be read as every transaction's
+    value. (Where a dataset scores attribute rows, as an uplift model does, ``channel`` is an attribute.)"""
+    return [
+        {"path": f"customers[{position}].attributes", "value": None, "reason": collision(name)}
+        for position, customer in enumerate(request.customers)
+        for name in customer.attributes
+        if name.strip().casefold() in OPTIONAL_TRANSACTION_FIELDS
+    ]
 
 
 # Which dataset's champions score the request: a name as registered model names carry it.
-DatasetName = Field(default=None, pattern=DATASET_NAME.pattern)
+DatasetName = Field(
+    default=None,
+    pattern=DATASET_NAME.pattern,
+    max_length=MAX_NAME,
+    description="the dataset whose champions answer; default: the server's default, or the only one that can",
+)
 
 
 class ScoreRequest(_Request):
     dataset: str | None = DatasetName
-    as_of: date | None = None
-    customers: list[Customer] = Field(min_length=1)
+    as_of: Day | None = Field(default=None, description="score as of this day; default: today (UTC)")
+    customers: list[Customer] = Field(min_length=1, max_length=MAX_CUSTOMERS)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "1998-07-01",
+                    "customers": [
+                        {
+                            "customer_id": "00042",
+                            "transactions": [
+                                {"timestamp": "1997-03-02", "amount": 41.5},
+                                {"timestamp": "1998-01-05", "amount": 29.97},
+                            ],
+                            "attributes": {"opted_out": False},
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
     @field_validator("customers")
     @classmethod
@@ -74,9 +271,25 @@ class ScoreRequest(_Request):
         return customers
 
 
+Lead = dict[FieldName, Scalar]
+
+
 class LeadRequest(_Request):
     dataset: str | None = DatasetName
-    leads: list[dict[str, Scalar]] = Field(min_length=1)
+    leads: list[Annotated[Lead, Field(max_length=MAX_FIELDS)]] = Field(
+        min_length=1,
+        max_length=MAX_LEADS,
+        description="each lead: 'lead_id' and the fields of the dataset's leads file, named as in the file",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"dataset": "x_education", "leads": [{"lead_id": "L-1", "Lead Origin": "API", "TotalVisits": 3}]}
+            ]
+        },
+    )
 
     @field_validator("leads")
     @classmethod
@@ -84,23 +297,38 @@ class LeadRequest(_Request):
         for position, lead in enumerate(leads):
             if lead.get("lead_id") in (None, ""):
                 raise ValueError(f"lead {position} has no lead_id")
+            try:
+                _distinct_names(lead, f"lead {position}'s fields")
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
         return leads
 
 
-def problems_of(exc: ValidationError) -> list[dict[str, Any]]:
+def problems_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
     """Pydantic's errors as {path, value, reason}, the path written as a JSON path into the request."""
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in exc.errors(include_url=False, include_context=False):
         path = ""
-        for part in error["loc"]:
+        for part in (*prefix, *error["loc"]):
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        value = error.get("input")
-        if isinstance(value, dict | list):
-            value = None  # the whole object is not repeated back
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = str(value)
-        problems.append({"path": path or "(body)", "value": value, "reason": error["msg"]})
+        reason = error["msg"].removeprefix("Value error, ")
+        problems.append({"path": path or "(body)", "value": echo(error.get("input")), "reason": reason})
     return problems
+
+
+def echo(value: Any) -> Any:
+    """A value sent, safe to repeat in an answer: objects and lists are not repeated, long values are cut,
+    text that is not valid Unicode is escaped (encoding it would fail), non-finite numbers become text."""
+    if isinstance(value, dict | list):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        value = str(value)
+    if isinstance(value, str):
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value if len(value) <= 200 else value[:200] + "..."
+    return value
 
 
 def transactions_frame(request: ScoreRequest) -> pd.DataFrame:
@@ -249,3 +477,181 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
+
+
+# Answers, as documented in /openapi.json (the routes build them as plain JSON for speed; tests check
+# real answers against these shapes).
+class Problem(BaseModel):
+    path: str = Field(description="where in the request, e.g. customers[3].transactions[0].amount; (body) for all")
+    value: Any = Field(description="the value sent (objects and lists are not repeated; long text is cut)")
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    problems: list[Problem] | None = Field(default=None, description="one entry per field that is wrong")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "the request has invalid fields",
+                    "problems": [
+                        {
+                            "path": "customers[0].transactions[0].amount",
+                            "value": "ten",
+                            "reason": "Input should be a valid number",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class CustomerScore(BaseModel):
+    customer_id: str
+    churn_probability: float | None = None
+    purchase_probability: float | None = None
+    purchase_probability_by_category: dict[str, float | None] = Field(default_factory=dict)
+    p_alive: float | None = None
+    expected_orders: float | None = None
+    expected_order_value: float | None = None
+    clv: float | None = None
+    value_at_risk: float | None = None
+    value_tier: str | None = None
+    risk_band: str | None = None
+    potential_band: str | None = None
+    segment: str | None = None
+    action: str | None = None
+    suppressed: bool | None = None
+    suppression_reason: str | None = None
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ScoreResponse(BaseModel):
+    dataset: str
+    as_of: str = Field(description="the day scored as of, YYYY-MM-DD")
+    customers: list[CustomerScore]
+    models: dict[str, str] = Field(description="family -> registered model version used")
+    segment_version: str | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset": "cdnow",
+                    "as_of": "1998-07-01",
+                    "customers": [
+                        {
+                            "customer_id": "00042",
+                            "churn_probability": 0.62,
+                            "purchase_probability": 0.31,
+                            "purchase_probability_by_category": {},
+                            "p_alive": 0.55,
+                            "expected_orders": 0.8,
+                            "expected_order_value": 35.1,
+                            "clv": 28.4,
+                            "value_at_risk": 17.6,
+                            "value_tier": "B",
+                            "risk_band": "high",
+                            "potential_band": "medium",
+                            "segment": "at_risk_valuable",
+                            "action": "retention offer",
+                            "suppressed": False,
+                            "suppression_reason": None,
+                        }
+                    ],
+                    "models": {"churn": "3", "propensity": "2", "clv": "4"},
+                    "segment_version": "2026-11-30T12:00:00+00:00",
+                }
+            ]
+        }
+    )
+
+
+class LeadScore(BaseModel):
+    lead_id: str
+    probability: float | None
+    score: float | None = Field(description="0-100")
+    tier: str | None
+    reasons_up: list[str]
+    reasons_down: list[str]
+
+    model_config = ConfigDict(extra="allow")
+
+
+class LeadResponse(BaseModel):
+    dataset: str
+    leads: list[LeadScore]
+    model_version: str
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset": "x_education",
+                    "leads": [
+                        {
+                            "lead_id": "L-1",
+                            "probability": 0.82,
+                            "score": 82,
+                            "tier": "hot",
+                            "reasons_up": ["Lead Origin = Lead Add Form", "Total Time Spent on Website high"],
+                            "reasons_down": ["Do Not Email = Yes"],
+                        }
+                    ],
+                    "model_version": "4",
+                }
+            ]
+        }
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str
+    dataset: str
+    family: str
+    version: str
+    run_id: str
+    trained_at: str
+    candidate: str | None
+    metrics: dict[str, float]
+
+
+class DatasetProblem(BaseModel):
+    dataset: str = Field(description="empty for store-wide problems")
+    family: str
+    reason: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    problems: list[DatasetProblem]
+    datasets: dict[str, dict[str, Any]]
+    default_dataset: str | None
+    loaded_at: str
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool = Field(description="true when everything loaded")
+    versions: dict[str, dict[str, str]]
+    kept: list[str] = Field(description="what failed to load and is served from the last good load")
+    problems: list[DatasetProblem]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    datasets: dict[str, dict[str, Any]]
+    problems: dict[str, str]
+
+
+def too_many(exc: ValidationError) -> str | None:
+    """The 413 message when the request holds more customers or leads than one request may."""
+    for error in exc.errors(include_url=False):
+        if error["type"] == "too_long" and error["loc"] in (("customers",), ("leads",)):
+            what = str(error["loc"][0])
+            limit = MAX_CUSTOMERS if what == "customers" else MAX_LEADS
+            return f"{len(error['input']):,} {what} in one request; send at most {limit:,}"
+    return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,9 @@ class Champions:
     segment_file: str | None = None
     loaded_at: float = field(default_factory=time.time)
     broken: set[str] = field(default_factory=set)  # families whose champion failed to load
+    # Families (or ``segments``) still served from the previous load because their new champion or
+    # segment file failed to load (a reload keeps the last good set), with the reason.
+    kept: dict[str, str] = field(default_factory=dict)
 
     def versions(self, families_used: tuple[str, ...] | None = None) -> dict[str, str]:
         return {f: s.version for f, s in self.models.items() if families_used is None or f in families_used}
@@ -140,6 +143,7 @@ class Champions:
             "segment_version": self.frozen.version if self.frozen else None,
             "segment_file": self.segment_file,
             "problems": self.problems,
+            "kept_from_last_load": self.kept,
         }
 
 
@@ -176,12 +180,16 @@ def _wrong_kind(family: str, served: Served) -> str | None:
     return None
 
 
-def load_champions(dataset: str, segment_file: Path | None = None) -> Champions:
+def load_champions(
+    dataset: str, segment_file: Path | None = None, loaded: Mapping[tuple[str, str], Served] | None = None
+) -> Champions:
     """The champion of each family registered for ``dataset``, and its latest frozen segment file.
 
     A family with no registered model for the dataset is left out, unless the dataset has another
     family scoring the same entity (customers, leads): then it is a problem, since the endpoint needs
-    it. A model that fails to load is a problem with the reason; the others still serve.
+    it. A model that fails to load is a problem with the reason; the others still serve. ``loaded``:
+    versions already in memory by (registered name, version), reused instead of loaded again (a
+    reload after one promotion loads one model, not all of them).
     """
     from mlflow.exceptions import MlflowException
 
@@ -212,9 +220,9 @@ def load_champions(dataset: str, segment_file: Path | None = None) -> Champions:
             champions.problems[family] = f"no '{tracking.CHAMPION}' version of {name} in {store}"
             continue
         try:
-            served = _served(client, family, name, dataset, version)
+            served = (loaded or {}).get((name, str(version.version))) or _served(client, family, name, dataset, version)
         except Exception as exc:  # a broken artifact must not take the other models down
-            champions.problems[family] = f"{name} v{version.version} failed to load: {type(exc).__name__}: {exc}"
+            champions.problems[family] = f"{name} v{version.version} failed to load: {_failure(exc)}"
             champions.broken.add(family)
             continue
         if (wrong := _wrong_kind(family, served)) is not None:
@@ -248,6 +256,7 @@ class Catalog:
     datasets: dict[str, Champions] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # store-wide: registry, configuration
     migrated: list[str] = field(default_factory=list)
+    kept_lines: list[str] = field(default_factory=list)  # what a reload kept from the last good load
     default: str | None = None
     loaded_at: float = field(default_factory=time.time)
 
@@ -268,6 +277,8 @@ class Catalog:
         for name in sorted(self.datasets):
             for family, reason in self.datasets[name].problems.items():
                 found.append({"dataset": name, "family": family, "reason": reason})
+            for family, reason in self.datasets[name].kept.items():
+                found.append({"dataset": name, "family": family, "reason": f"serving the last good load: {reason}"})
         return found
 
 
@@ -285,7 +296,9 @@ def configured_datasets() -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def load_catalog(echo: Callable[[str], object] = print, *, migrate: bool = True) -> Catalog:
+def load_catalog(
+    echo: Callable[[str], object] = print, *, migrate: bool = True, loaded: Catalog | None = None
+) -> Catalog:
     """The champions of every dataset to serve: ``VALUECAST_DATASETS``, or by default every dataset
     with a champion in the registry. Models registered under the one-per-family names of earlier
     versions are migrated first (one line each through ``echo``), unless the caller did that itself
@@ -293,6 +306,7 @@ def load_catalog(echo: Callable[[str], object] = print, *, migrate: bool = True)
     catalog = Catalog(default=default_dataset())
     if migrate:
         catalog.migrated = tracking.migrate_legacy(echo=echo)
+    reusable = {(s.registered_name, s.version): s for s in loaded.served()} if loaded is not None else {}
     chosen = configured_datasets()
     if chosen is None:
         chosen = sorted({row["dataset"] for row in tracking.registered_models() if row["champion_version"]})
@@ -301,7 +315,11 @@ def load_catalog(echo: Callable[[str], object] = print, *, migrate: bool = True)
                 f"no champion model in {tracking.redacted(tracking.tracking_uri())}: run make train DATA=..."
             )
     for dataset in chosen:
-        catalog.datasets[dataset] = load_champions(dataset)
+        try:
+            catalog.datasets[dataset] = load_champions(dataset, loaded=reusable)
+        except Exception as exc:  # one dataset's failure (a lost connection mid-way) leaves the others
+            catalog.datasets[dataset] = Champions(dataset=dataset, problems={"dataset": _failure(exc)})
+            continue
         if not catalog.datasets[dataset].models and not catalog.datasets[dataset].problems:
             catalog.datasets[dataset].problems["registry"] = (
                 f"no registered model of dataset '{dataset}': run make train DATA={dataset}"
@@ -311,6 +329,44 @@ def load_catalog(echo: Callable[[str], object] = print, *, migrate: bool = True)
             f"{DEFAULT_DATASET_ENV}={catalog.default} is not among the served datasets ({_names(catalog)})"
         )
     return catalog
+
+
+def _failure(exc: Exception) -> str:
+    """An exception as a one-line reason, with any credentials in URIs redacted."""
+    return tracking.scrubbed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def keep_last_good(old: Catalog, new: Catalog) -> list[str]:
+    """After a reload, serve from ``old`` whatever failed to load in ``new``: a champion whose new
+    version's artifact is broken, a segment file that no longer parses, a dataset or the whole store
+    that could not be read. What is kept is recorded in each dataset's ``kept`` (shown by /readyz and
+    /models) and returned as lines for the /reload answer."""
+    lines: list[str] = []
+    if new.problems.get("store") and not new.datasets:
+        new.datasets = old.datasets
+        for champions in new.datasets.values():
+            champions.kept["store"] = new.problems["store"]
+        return [f"every dataset kept its last good models: {new.problems['store']}"] if old.datasets else []
+    for name, before in old.datasets.items():
+        after = new.datasets.get(name)
+        if after is None:
+            continue  # no longer served: the configuration says so
+        if "dataset" in after.problems and not after.models:
+            before.kept["dataset"] = after.problems["dataset"]
+            new.datasets[name] = before
+            lines.append(f"{name}: kept its last good models ({after.problems['dataset']})")
+            continue
+        for family, served in before.models.items():
+            if family not in after.models and family in after.broken:
+                after.models[family] = served
+                after.kept[family] = after.problems.pop(family)
+                after.broken.discard(family)
+                lines.append(f"{name} {family}: kept v{served.version} ({after.kept[family]})")
+        if before.frozen is not None and after.frozen is None and "segments" in after.problems:
+            after.frozen, after.segment_file = before.frozen, before.segment_file
+            after.kept["segments"] = after.problems.pop("segments")
+            lines.append(f"{name} segments: kept {before.segment_file} ({after.kept['segments']})")
+    return lines
 
 
 DEFAULT_DATASET_ENV = "VALUECAST_DEFAULT_DATASET"

@@ -16,9 +16,13 @@ dataset at once: a request names its dataset in the field ``dataset`` (default:
   models they started with. Other workers notice a reload through a stamp file and switch on their
   next request.
 
-Bad input: 422 with ``{"error", "problems": [{"path", "value", "reason"}]}``; more than 10,000
-customers: 413; with ``VALUECAST_API_KEY`` set, requests without ``Authorization: Bearer <key>`` or
-``X-API-Key: <key>``: 401. Avoids BentoML's batchable DataFrame input (broken in 1.4.x).
+Bad input: 422 with ``{"error", "problems": [{"path", "value", "reason"}]}``; a body over the size
+limit or more than 10,000 customers: 413; with ``VALUECAST_API_KEY`` set, requests without
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``: 401; a browser request from an origin not in
+``VALUECAST_ALLOWED_ORIGINS``: 403. Every field, limit and error answer is in ``/openapi.json``; the
+limits and the threat model are in docs/security.md. Loading happens in the background: ``/healthz``
+answers at once, ``/readyz`` says what is loaded and why the rest is not (an unreachable registry is
+retried with backoff). Avoids BentoML's batchable DataFrame input (broken in 1.4.x).
 """
 
 from __future__ import annotations
@@ -28,12 +32,19 @@ import os
 # One OpenMP thread per worker: xgboost's threads otherwise spin-wait against the other worker's on
 # a small machine (measured: p50 over 2 s with 2 workers x 2 threads on 2 cores). Set before xgboost loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tracking client's own retries (7, doubling) would keep a worker on one unreachable-registry try
+# for minutes; the loader below retries with its own backoff and says so in /readyz meanwhile.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 import gc
 import hmac
 import json
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,19 +55,28 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
 from serving.api import (
-    MAX_CUSTOMERS,
-    MAX_LEADS,
+    MAX_BODY_BYTES,
+    ErrorBody,
     LeadRequest,
+    LeadResponse,
+    ModelsResponse,
+    Readiness,
+    ReloadResponse,
     ScoreRequest,
+    ScoreResponse,
     column_records,
     customer_attributes,
+    echo,
     histories_of,
     lead_problems,
     problems_of,
     to_json_records,
+    too_many,
+    transaction_field_collisions,
     transaction_problems,
     transactions_frame,
 )
@@ -69,6 +89,7 @@ from serving.scoring import (
     NotReadyError,
     choose_dataset,
     histories_problem,
+    keep_last_good,
     load_catalog,
     score_customers,
     score_histories,
@@ -77,7 +98,13 @@ from training import tracking
 from training.common import InputRowsError, request_dataset
 
 log = logging.getLogger("valuecast.serving")
-app = FastAPI(title="valuecast scoring API", version="1")
+app = FastAPI(
+    title="valuecast scoring API",
+    version="1",
+    description="Scores customers (churn, purchase propensity, CLV, value segment and action) and leads "
+    "(0-100 score with reasons) with each dataset's champion models from the MLflow registry. "
+    "Limits, authentication and the threat model: docs/security.md.",
+)
 RELOAD_STAMP = Path(os.environ.get("VALUECAST_RELOAD_STAMP", PROJECT_ROOT / ".serve" / "reload.stamp"))
 WORKERS = int(os.environ.get("VALUECAST_WORKERS", "2"))
 OUTPUT_COLUMNS = (
@@ -106,6 +133,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths (404) and methods (405) answer in the API's error shape too."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
 def error(status: int, message: str, problems: list[dict[str, Any]] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": message}
     if problems is not None:
@@ -113,11 +146,49 @@ def error(status: int, message: str, problems: list[dict[str, Any]] | None = Non
     return JSONResponse(body, status_code=status)
 
 
+class TooLargeError(ValueError):
+    """A body over ``VALUECAST_MAX_BODY_BYTES``: answered 413 before any of it is parsed."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a key twice are refused: a parser keeps one of them silently, and which one
+    the sender meant is unknowable."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise BadRequestError(
+            "an object in the body has a key twice",
+            [
+                {
+                    "path": "(body)",
+                    "value": echo(twice),
+                    "reason": f"the key '{echo(twice)}' appears twice in one object",
+                }
+            ],
+        )
+    return found
+
+
 async def read_json(request: Request) -> Any:
-    raw = await request.body()
+    """The body as JSON, within the size limit: a declared length over it is refused before reading,
+    a streamed body as soon as it passes it (nothing over the limit is held in memory)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLargeError(f"the body has {int(declared):,} bytes; send at most {MAX_BODY_BYTES:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLargeError(f"the body has more than {MAX_BODY_BYTES:,} bytes; send at most that")
+        chunks.append(chunk)
     try:
-        return json.loads(raw)
+        return json.loads(b"".join(chunks), object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise BadRequestError("the body is nested too deeply to be a request") from None
     except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, BadRequestError):
+            raise
         raise BadRequestError(f"the body is not valid JSON ({exc})") from exc
 
 
@@ -144,6 +215,97 @@ class ReadinessRoute:
 
 
 READINESS_PATH = "/readiness"
+ROUTES = ("/score", "/score_leads", "/models", "/reload", "/readyz", "/healthz", "/livez", "/metrics")
+
+
+def allowed_origins() -> frozenset[str]:
+    """``VALUECAST_ALLOWED_ORIGINS``: the web origins (``https://crm.example.com``) whose pages may call
+    the API from a browser, comma-separated; none by default."""
+    raw = os.environ.get("VALUECAST_ALLOWED_ORIGINS", "")
+    return frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+class OriginGuard:
+    """ASGI middleware: a request carrying an ``Origin`` header (sent by browsers) from an origin not
+    allowed is refused with 403 before it reaches a route. Scripts and servers send no Origin and are
+    not affected; a web page the user happens to visit cannot reach ``/reload`` or ``/score``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.allowed = allowed_origins()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            origin = next((v for k, v in scope.get("headers", []) if k == b"origin"), None)
+            if origin is not None and origin.decode("latin-1").rstrip("/") not in self.allowed:
+                response = error(403, "requests from this web origin are not allowed (VALUECAST_ALLOWED_ORIGINS)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_METRIC_LINE = re.compile(r'endpoint="([^"]*)"')
+
+
+def known_routes_only(metrics: str) -> str:
+    """BentoML's /metrics labels each series with the path requested, so every unknown path anyone
+    asks for would add series: only the API's own routes are shown."""
+    kept = []
+    for line in metrics.splitlines():
+        found = _METRIC_LINE.search(line)
+        if found is None or found.group(1) in ROUTES:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def api_key() -> str | None:
+    """``VALUECAST_API_KEY``: unset means no authentication (for a server on 127.0.0.1); set but empty
+    or blank stops the start, since that is a mistake that would silently switch authentication off."""
+    key = os.environ.get("VALUECAST_API_KEY")
+    if key is None:
+        return None
+    if not key.strip():
+        raise SystemExit("VALUECAST_API_KEY is set but empty: set a key, or unset the variable to serve without one")
+    return key
+
+
+def request_body(shape: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its body itself (one JSON parse, with the
+    size limit and the duplicate-key check first); the schema is added to the document's components."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape.__name__}"}}},
+        }
+    }
+
+
+ERROR_ANSWERS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong API key"},
+    403: {"model": ErrorBody, "description": "a browser request from an origin not allowed"},
+    413: {"model": ErrorBody, "description": "body over the size limit, or too many customers or leads"},
+    422: {"model": ErrorBody, "description": "invalid fields, each named with its path and the reason"},
+    503: {"model": ErrorBody, "description": "the models this request needs are not loaded; the reason says why"},
+}
+
+
+def openapi() -> dict[str, Any]:
+    """FastAPI's document plus the request schemas of the routes that parse their own body."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for shape in (ScoreRequest, LeadRequest):
+            schema = shape.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[shape.__name__] = schema
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = openapi  # type: ignore[method-assign]
+API_KEY = api_key()  # checked when the service is imported: `bentoml serve` stops before any worker starts
 
 
 @contextmanager
@@ -175,38 +337,59 @@ class ValueService:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.catalog = Catalog()
+        store = tracking.redacted(tracking.tracking_uri())
+        self.catalog = Catalog(problems={"loading": f"loading the champion models from {store}"})
         self.loaded_stamp = _stamp()
-        self.api_key = os.environ.get("VALUECAST_API_KEY") or None
-        self._load()
+        self.api_key = API_KEY
+        # Loading in the background: the worker answers /healthz at once, and SIGTERM stops it even
+        # while the registry cannot be reached (a daemon thread does not hold the process).
+        threading.Thread(target=self._first_load, name="valuecast-load", daemon=True).start()
+
+    def _first_load(self) -> None:
+        """Load until the store answers: 1, 2, 4 ... 60 s between tries, /readyz saying why meanwhile."""
+        delay, tries = 1.0, 1
+        while True:
+            catalog = self._load()
+            if "store" not in catalog.problems:
+                break
+            catalog.problems["store"] += f" (try {tries}; next in {delay:.0f} s)"
+            time.sleep(delay)
+            delay, tries = min(delay * 2, 60.0), tries + 1
         # The libraries and models loaded by now live as long as the process: take them out of the
         # garbage collector's scans, whose full passes otherwise stall requests (p99) for tens of ms.
         gc.collect()
         gc.freeze()
 
     def _load(self) -> Catalog:
-        try:
-            with _exclusive(RELOAD_STAMP.with_name("migrate.lock")):
-                migrated = tracking.migrate_legacy(echo=log.warning)
-            catalog = load_catalog(migrate=False)
-            catalog.migrated = migrated
-        except Exception as exc:  # a broken store or setting must not kill the process: readyz says why
-            log.exception("loading the champion models failed")
-            catalog = Catalog(problems={"registry": f"{type(exc).__name__}: {exc}"})
-        self.catalog = catalog  # one assignment: requests see the old set or the new one
-        return catalog
+        """Load the current champions and switch to them; what fails to load keeps being served from
+        the previous set (the reason is in /readyz), and a store that cannot be read keeps all of it."""
+        with self._lock:
+            try:
+                with _exclusive(RELOAD_STAMP.with_name("migrate.lock")):
+                    migrated = tracking.migrate_legacy(echo=log.warning)
+                catalog = load_catalog(migrate=False, loaded=self.catalog)
+                catalog.migrated = migrated
+            except Exception as exc:  # a broken store or setting must not kill the process: readyz says why
+                log.warning("loading the champion models failed: %s", tracking.scrubbed(str(exc)))
+                store = tracking.redacted(tracking.tracking_uri())
+                reason = tracking.scrubbed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                catalog = Catalog(problems={"store": f"cannot read the registry at {store}: {reason}"})
+            catalog.kept_lines = keep_last_good(self.catalog, catalog)
+            self.catalog = catalog  # one assignment: requests see the old set or the new one
+            return catalog
 
     def __is_ready__(self) -> bool:
         return self.catalog.ready
+
+    def __metrics__(self, content: str) -> str:
+        return known_routes_only(content)
 
     def _current(self) -> Catalog:
         """The loaded set; when another worker reloaded (stamp newer), reload here first."""
         stamp = _stamp()
         if stamp > self.loaded_stamp:
-            with self._lock:
-                if stamp > self.loaded_stamp:
-                    self._load()
-                    self.loaded_stamp = stamp
+            self.loaded_stamp = stamp
+            self._load()
         return self.catalog
 
     def _choose(self, requested: str | None, needs: tuple[str, ...]) -> Champions:
@@ -220,24 +403,29 @@ class ValueService:
             ) from exc
 
     def _unauthorized(self, request: Request) -> JSONResponse | None:
+        """None when the key matches (or none is set). Keys are compared as bytes in constant time:
+        header values arrive as bytes (Starlette hands them over decoded as Latin-1), the key is
+        UTF-8, so a non-ASCII key sent as UTF-8 matches."""
         if self.api_key is None:
             return None
         given = request.headers.get("x-api-key") or ""
         bearer = request.headers.get("authorization", "")
-        if bearer.lower().startswith("bearer "):
-            given = given or bearer[7:].strip()
-        if given and hmac.compare_digest(given.encode(), self.api_key.encode()):
+        if not given and bearer[:7].lower() == "bearer ":
+            given = bearer[7:].strip()
+        if given and hmac.compare_digest(given.encode("latin-1"), self.api_key.encode("utf-8")):
             return None
         return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
 
-    @app.get(READINESS_PATH)
+    @app.get(READINESS_PATH, response_model=Readiness, include_in_schema=False)
     def readiness(self, request: Request) -> JSONResponse:
         """``GET /readyz`` (see :class:`ReadinessRoute`): no key needed, like BentoML's probes."""
         catalog = self._current()
         return JSONResponse(_readiness(catalog), status_code=200 if catalog.ready else 503)
 
-    @app.get("/models")
+    @app.get("/models", response_model=ModelsResponse, responses={401: {"model": ErrorBody}})
     def models(self, request: Request) -> JSONResponse:
+        """Every champion served, per dataset: version, run, training time, candidate and metrics; and
+        what could not be loaded, with the reason."""
         if (denied := self._unauthorized(request)) is not None:
             return denied
         catalog = self._current()
@@ -251,46 +439,66 @@ class ValueService:
             }
         )
 
-    @app.post("/reload")
+    @app.post(
+        "/reload",
+        response_model=ReloadResponse,
+        responses={
+            401: {"model": ErrorBody},
+            409: {"model": ReloadResponse, "description": "something failed to load: the last good set is served"},
+            503: {"model": ReloadResponse, "description": "nothing can be served"},
+        },
+    )
     def reload(self, request: Request) -> JSONResponse:
+        """Load the current champions (after ``make promote``) and switch every worker to them. What
+        fails to load keeps its last good version; the answer says what failed."""
         if (denied := self._unauthorized(request)) is not None:
             return denied
-        with self._lock:
-            catalog = self._load()
-            RELOAD_STAMP.parent.mkdir(parents=True, exist_ok=True)
-            RELOAD_STAMP.touch()
-            self.loaded_stamp = _stamp()
+        catalog = self._load()
+        RELOAD_STAMP.parent.mkdir(parents=True, exist_ok=True)
+        RELOAD_STAMP.touch()
+        self.loaded_stamp = _stamp()
+        failed = catalog.problem_list()
+        status = 503 if not catalog.ready else 409 if catalog.kept_lines else 200
         return JSONResponse(
             {
-                "reloaded": True,
+                "reloaded": status == 200,
                 "versions": {name: c.versions() for name, c in sorted(catalog.datasets.items())},
-                "problems": catalog.problem_list(),
+                "kept": catalog.kept_lines,
+                "problems": failed,
             },
-            status_code=200 if catalog.ready else 503,
+            status_code=status,
         )
 
     async def _handle(
-        self, request: Request, shape: type[BaseModel], items: str, limit: int, work: Callable[[Any], JSONResponse]
+        self, request: Request, shape: type[BaseModel], work: Callable[[Any], JSONResponse]
     ) -> JSONResponse:
-        """Auth, JSON, size limit (413) and validation (422) in that order, then the scoring."""
+        """Auth, size limit (413), JSON and validation (422) in that order, then the scoring."""
         if (denied := self._unauthorized(request)) is not None:
             return denied
         try:
             body = await read_json(request)
-            sent = body.get(items) if isinstance(body, dict) else None
-            if isinstance(sent, list) and len(sent) > limit:
-                return error(413, f"{len(sent):,} {items} in one request; send at most {limit:,}")
             try:
                 parsed = shape.model_validate(body)
             except ValidationError as exc:
+                if (message := too_many(exc)) is not None:
+                    return error(413, message)
                 raise BadRequestError("the request has invalid fields", problems_of(exc)) from exc
             return work(parsed)  # CPU-bound: in the event loop, one at a time per worker (threads only contend)
+        except TooLargeError as exc:
+            return error(413, str(exc))
         except BadRequestError as exc:
             return error(422, str(exc), exc.problems)
 
-    @app.post("/score")
+    @app.post(
+        "/score",
+        response_model=ScoreResponse,
+        openapi_extra=request_body(ScoreRequest),
+        responses=ERROR_ANSWERS,
+    )
     async def score(self, request: Request) -> JSONResponse:
-        return await self._handle(request, ScoreRequest, "customers", MAX_CUSTOMERS, self._score)
+        """Customers with their purchase histories (and attributes) -> churn and purchase probability,
+        CLV, value at risk, value tier, segment, recommended action and suppression, per customer."""
+        return await self._handle(request, ScoreRequest, self._score)
 
     def _score(self, parsed: ScoreRequest) -> JSONResponse:
         try:
@@ -298,6 +506,8 @@ class ValueService:
         except NotReadyError as exc:
             return error(503, f"not ready: {exc}")
         as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+        if clashes := transaction_field_collisions(parsed):
+            raise BadRequestError("an attribute is named like a transaction field", clashes)
         config = champions.models["clv"].model.dataset_config
         # Plain purchase histories (the usual request) skip pandas: same code underneath, same numbers.
         histories = None
@@ -334,9 +544,16 @@ class ValueService:
             }
         )
 
-    @app.post("/score_leads")
+    @app.post(
+        "/score_leads",
+        response_model=LeadResponse,
+        openapi_extra=request_body(LeadRequest),
+        responses=ERROR_ANSWERS,
+    )
     async def score_leads(self, request: Request) -> JSONResponse:
-        return await self._handle(request, LeadRequest, "leads", MAX_LEADS, self._score_leads)
+        """Leads with the fields of the dataset's leads file -> conversion probability, 0-100 score,
+        tier and the reasons up and down."""
+        return await self._handle(request, LeadRequest, self._score_leads)
 
     def _score_leads(self, parsed: LeadRequest) -> JSONResponse:
         try:
@@ -346,6 +563,18 @@ class ValueService:
         served = champions.models[LEAD_FAMILIES[0]]
         model = served.model
         id_column = model.dataset_config.leads.columns["lead_id"]
+        clashes = [
+            {
+                "path": f"leads[{position}].{name}",
+                "value": echo(value),
+                "reason": f"'{name}' is this dataset's lead id column: send the id once, as lead_id",
+            }
+            for position, lead in enumerate(parsed.leads)
+            for name, value in lead.items()
+            if name != "lead_id" and name.strip().casefold() == id_column.strip().casefold()
+        ]
+        if clashes:
+            raise BadRequestError("a lead field is named like the id column", clashes)
         raw = pd.DataFrame(
             [
                 {id_column: str(lead["lead_id"]), **{k: v for k, v in lead.items() if k != "lead_id"}}
@@ -366,6 +595,17 @@ class ValueService:
         return JSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
 
 
+@app.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], include_in_schema=False
+)
+async def _elsewhere(request: Request, path: str) -> JSONResponse:
+    """Any other path or method: 404 or 405 in the API's error shape (BentoML's own fallback is plain
+    text). Registered last, so every real route matches first."""
+    if f"/{path}" in ROUTES:
+        return error(405, f"{request.method} is not allowed on /{path}; see /openapi.json")
+    return error(404, f"no route /{echo(path)}; the routes are in /openapi.json")
+
+
 def _readiness(catalog: Catalog) -> dict[str, Any]:
     """The /readyz body: ready when any dataset can answer; each dataset's state and every problem."""
     return {
@@ -375,6 +615,7 @@ def _readiness(catalog: Catalog) -> dict[str, Any]:
                 "customers": c.ready_for_customers,
                 "leads": c.ready_for_leads,
                 "problems": c.problems,
+                "kept_from_last_load": c.kept,
             }
             for name, c in sorted(catalog.datasets.items())
         },
@@ -383,3 +624,4 @@ def _readiness(catalog: Catalog) -> dict[str, Any]:
 
 
 cast(Any, ValueService).add_asgi_middleware(ReadinessRoute)  # the decorator's type hides the method
+cast(Any, ValueService).add_asgi_middleware(OriginGuard)

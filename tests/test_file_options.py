@@ -108,7 +108,7 @@ def test_without_the_decimal_comma_no_amount_is_guessed(tmp_path: Path, cdnow_30
     assert "set decimal: ','" in message
 
 
-def test_mueller_and_moeller_stay_two_customers_in_latin1(tmp_path: Path) -> None:
+def test_finding_2_mueller_and_moeller_stay_two_customers_in_latin1(tmp_path: Path) -> None:
     text = "Kunde,Datum,Betrag\nMüller,2024-01-02,10\nMöller,2024-01-03,20\nMüller,2024-01-04,5\n"
     (tmp_path / "kasse.csv").write_bytes(text.encode("latin-1"))
     config = tmp_path / "kasse.yaml"
@@ -126,7 +126,7 @@ def test_mueller_and_moeller_stay_two_customers_in_latin1(tmp_path: Path) -> Non
         load_dataset(load_dataset_config(config), now=NOW)
 
 
-def test_undecodable_lines_can_be_quarantined_instead(tmp_path: Path) -> None:
+def test_finding_2_undecodable_lines_can_be_quarantined_instead(tmp_path: Path) -> None:
     body = b"Kunde,Datum,Betrag\na,2024-01-02,10\n" + "Möller,2024-01-03,20\n".encode("latin-1")
     (tmp_path / "kasse.csv").write_bytes(body + b"b,2024-01-04,5\n")
     config = tmp_path / "kasse.yaml"
@@ -168,7 +168,7 @@ def load_plain(tmp_path: Path, csv: str, extra: str = ""):  # type: ignore[no-un
     return checked
 
 
-def test_a_malformed_line_is_quarantined_while_the_rest_loads(tmp_path: Path) -> None:
+def test_finding_11_a_malformed_line_is_quarantined_while_the_rest_loads(tmp_path: Path) -> None:
     csv = (
         HEADER
         + 'a,2024-01-01,10\nb,2024-01-02,1,234\nc,"2024-01-03",5\nd,2024-01-04\n'
@@ -200,7 +200,7 @@ def test_quoted_values_spanning_lines_keep_line_numbers_right(tmp_path: Path) ->
     assert checked.quarantine["reason"].tolist() == ["line 4: 3 fields where the header has 4"]
 
 
-def test_non_finite_and_absurd_amounts_are_quarantined(tmp_path: Path) -> None:
+def test_finding_3_non_finite_and_absurd_amounts_are_quarantined(tmp_path: Path) -> None:
     values = ["12.5", "inf", "1e308", "-Infinity", "nan", "NaN", "2e9", "-999999999", "1e9"]
     csv = HEADER + "".join(f"c{i},2024-01-0{i + 1},{v}\n" for i, v in enumerate(values))
     checked = load_plain(tmp_path, csv)

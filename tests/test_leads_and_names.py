@@ -139,7 +139,9 @@ def test_label_from_with_a_column_the_won_file_lacks(tmp_path: Path) -> None:
         ("[Created DOW]", "collides with the contract column 'created_dow'"),
     ],
 )
-def test_attribute_names_that_collide_are_config_errors(tmp_path: Path, attributes: str, message: str) -> None:
+def test_finding_1_attribute_names_that_collide_are_config_errors(
+    tmp_path: Path, attributes: str, message: str
+) -> None:
     path = tmp_path / "shop.yaml"
     path.write_text(
         "transactions:\n  path: tx.csv\n  columns: {customer_id: c, timestamp: t, amount: a}\n"

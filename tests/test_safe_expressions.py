@@ -38,7 +38,7 @@ def payloads(marker: Path) -> list[str]:
     ]
 
 
-def test_os_system_payloads_are_refused_at_config_load_and_nothing_runs(tmp_path: Path) -> None:
+def test_finding_4_os_system_payloads_are_refused_at_config_load_and_nothing_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     for payload in payloads(marker):
         path = tmp_path / "shop.yaml"
@@ -56,7 +56,7 @@ def test_os_system_payloads_are_refused_at_config_load_and_nothing_runs(tmp_path
     assert not marker.exists()
 
 
-def test_payloads_in_a_config_built_without_validation_are_refused_when_checking(tmp_path: Path) -> None:
+def test_finding_4_payloads_in_a_config_built_without_validation_are_refused_when_checking(tmp_path: Path) -> None:
     """A config object built in code (model_construct skips validation) is checked again on use."""
     marker = tmp_path / "pwned"
     raw = pd.DataFrame({"c": ["a"], "t": ["2024-01-01"], "q": ["2"], "_row": [1]})

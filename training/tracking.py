@@ -11,6 +11,7 @@ folder ``mlruns/`` under the project root (both ignored by git).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +40,15 @@ def redacted(uri: str) -> str:
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def scrubbed(text: str) -> str:
+    """Text fit to print or log: the user name and password of every URI in it replaced by ``***``
+    (error messages of the tracking client quote the URI they failed to reach)."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def artifact_root() -> str:

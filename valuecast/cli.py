@@ -581,6 +581,19 @@ def rollback(model: FamilyOption, data: DataOption) -> None:
     typer.echo("the running API switches after: make reload")
 
 
+@app.command("prepare-store")
+def prepare_store() -> None:
+    """Create or upgrade the tracking store's tables and move models of earlier versions to their
+    per-dataset names, once. make serve runs it before the API's workers start, so that they never
+    race on a schema migration of a new store."""
+    _quiet_mlflow()
+    from training import tracking
+
+    tracking.connect().search_registered_models(max_results=1)  # the store creates or upgrades its tables
+    tracking.migrate_legacy(echo=lambda m: typer.echo(m, err=True))
+    typer.echo(f"store ready: {tracking.redacted(tracking.tracking_uri())}", err=True)
+
+
 @app.command()
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects (for scripts).")] = False,
@@ -623,13 +636,20 @@ def ui(
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
     workers: Annotated[int, typer.Option(min=1, help="Server processes (this machine has 2 cores).")] = 1,
 ) -> None:
-    """The MLflow UI and REST API on HOST:PORT against valuecast's tracking store and registry."""
+    """The MLflow UI and REST API on HOST:PORT against valuecast's tracking store and registry.
+
+    Requests whose Host is not this server's address, and browser requests from other origins than
+    its own page (plus VALUECAST_UI_ALLOWED_ORIGINS, comma-separated), are refused by MLflow."""
     import os
     import shutil
 
     from training import tracking
 
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    names = [host, *(["localhost"] if host in ("127.0.0.1", "::1") else [])]
+    own_names = [f"{name}:{port}" for name in names]
+    extra = os.environ.get("VALUECAST_UI_ALLOWED_ORIGINS", "")
+    origins = [f"http://{name}" for name in own_names] + [o.strip() for o in extra.split(",") if o.strip()]
     command = [
         mlflow,
         "server",
@@ -643,6 +663,12 @@ def ui(
         str(port),
         "--workers",
         str(workers),
+        # A web page the user visits must not reach the registry through the browser: only this
+        # server's own name as Host (DNS rebinding) and only its own page as Origin (cross-site POSTs).
+        "--allowed-hosts",
+        ",".join(own_names),
+        "--cors-allowed-origins",
+        ",".join(origins),
     ]
     typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking.tracking_uri()}); Ctrl-C stops it", err=True)
     os.execv(command[0], command)
