@@ -1,0 +1,123 @@
+"""valuecast in Python: the public surface for notebooks and scripts.
+
+Everything else in the repository (``features``, ``training``, ``serving``) is internal and may
+change; these functions are the supported way in, with the same numbers as ``make`` and the API::
+
+    import valuecast
+
+    data = valuecast.load_dataset("cdnow")                    # read and check (or your own YAML)
+    outcome = valuecast.train("churn", "cdnow")               # candidates, gate, MLflow registry
+    scores = valuecast.score(transactions, dataset="cdnow", as_of="1998-07-01")
+    valuecast.models()                                        # the registry, one dict per model
+    valuecast.segments("cdnow")                               # segments, their rules and actions
+
+Imports are deferred: ``import valuecast`` is cheap, the libraries load on the first call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.io import Dataset
+    from training.run import Outcome
+
+__all__ = ["load_dataset", "models", "score", "segments", "train"]
+
+
+def load_dataset(name_or_path: str | Path, *, as_of: str | None = None) -> Dataset:
+    """Read and check a dataset: a bundled name (``"cdnow"``, ``"x_education"``) or the path of your
+    own dataset YAML (see docs/data-contract.md). Bad rows are quarantined with their reasons
+    (``dataset.transactions.quarantine``); a file that cannot be used raises with the fix.
+
+    ``as_of``: rows dated after this day are reported and left out (default: none are)."""
+    import pandas as pd
+
+    from features.config import load_dataset_config
+    from features.io import load_dataset as _load
+
+    return _load(load_dataset_config(name_or_path), as_of=pd.Timestamp(as_of) if as_of else None)
+
+
+def train(family: str, data: str | Path, *, config: str | Path | None = None, quiet: bool = True) -> Outcome:
+    """Train a family (``"churn"``, ``"propensity"``, ``"clv"``, ``"lead_score"``, ``"uplift"``) on a
+    dataset exactly as ``make train`` does: every candidate and baseline, the winner chosen on
+    validation data, logged to MLflow and registered as ``valuecast-<family>-<dataset>``; promoted to
+    champion only if it beats the baselines and the current champion on the same test rows.
+
+    Returns the outcome: ``run_id``, ``trained.candidate`` (what won), ``trained.report`` (test
+    metrics), ``promotion`` (``registered_name``, ``version``, ``promoted``, ``reason``)."""
+    from training.run import train_and_log
+
+    return train_and_log(
+        family,
+        str(data),
+        config_path=Path(config) if config is not None else None,
+        echo=(lambda _: None) if quiet else print,
+    )
+
+
+def score(
+    transactions: pd.DataFrame,
+    *,
+    dataset: str,
+    as_of: str | None = None,
+    attributes: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Score customers from their transactions with ``dataset``'s champions: one row per customer
+    with the columns ``POST /score`` answers (churn and purchase probability, CLV, value at risk,
+    value tier, segment, action, suppression), the same numbers.
+
+    ``transactions``: the contract's columns ``customer_id``, ``timestamp``, ``amount`` (optional
+    ``category``, ``order_id``, ...). ``attributes``: one row per customer indexed by ``customer_id``
+    (suppression flags such as ``opted_out``, contact dates). ``as_of`` defaults to today, as the API."""
+    import pandas as pd
+
+    from serving.scoring import load_champions, score_customers
+    from training.common import request_dataset
+
+    champions = load_champions(dataset)
+    champions.require(("churn", "propensity", "clv"))
+    config = champions.models["clv"].model.dataset_config
+    checked = request_dataset(config, transactions)
+    ids = list(pd.unique(transactions["customer_id"].astype(str)))
+    if attributes is not None:
+        ids += [str(i) for i in attributes.index if str(i) not in set(ids)]
+    day = pd.Timestamp(as_of) if as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    return score_customers(champions, checked, day, ids, attributes=attributes)
+
+
+def models() -> list[dict[str, Any]]:
+    """Every registered model, as ``valuecast models --json`` prints it: dataset, family, champion
+    version, the winning candidate, its test metric and the best baseline's, when it was trained."""
+    from training import tracking
+
+    return tracking.registered_models()
+
+
+def segments(dataset: str) -> pd.DataFrame:
+    """The segments customers of ``dataset`` fall into, in the order they are assigned: name, the
+    rule (tier, risk and potential bands, lapsed), the recommended action; with the value-tier
+    cut-offs of the dataset's current frozen segment file in ``DataFrame.attrs``."""
+    import pandas as pd
+
+    from serving.segments import latest_frozen, load_frozen, load_rules
+
+    path = latest_frozen(dataset)
+    frozen = load_frozen(path) if path is not None else None
+    rules = frozen.rules if frozen is not None else load_rules()
+    table = pd.DataFrame(
+        [
+            {"segment": rule.name, "when": rule.when.model_dump(exclude_defaults=True), "action": rule.action}
+            for rule in rules.segments
+        ]
+    )
+    table.attrs = {
+        "segment_version": frozen.version if frozen else None,
+        "value_floors": frozen.value_floors if frozen else None,
+        "customers_frozen": frozen.customers if frozen else None,
+    }
+    return table

@@ -1,0 +1,99 @@
+"""The public Python API (``import valuecast``): the README's "In Python" block runs as it stands."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.config import PROJECT_ROOT
+from serving.segments import load_rules
+
+
+def readme_python_block() -> str:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## In Python") :]
+    found = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert found is not None, "README: the In Python section has no python block"
+    return found.group(1)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_the_readme_python_example_runs(
+    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a copy of the store: the example trains and may promote, which the other tests must not see
+    database = Path(champion_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    shutil.copy(database, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    printed = io.StringIO()
+    namespace: dict[str, object] = {}
+    with contextlib.redirect_stdout(printed):
+        exec(compile(readme_python_block(), "README.md (In Python)", "exec"), namespace)  # our own README
+    output = printed.getvalue()
+    scores = namespace["scores"]
+    assert isinstance(scores, pd.DataFrame)
+    assert scores["customer_id"].tolist() == ["c1", "c2"]
+    assert np.isfinite(scores["churn_probability"].to_numpy(float)).all() and (scores["clv"] >= 0).all()
+    assert "transactions," in output and "quarantined" in output
+    assert "cdnow_sample" in output and "value_tier" in output
+    import valuecast
+
+    table = valuecast.segments("cdnow_sample")
+    assert table["segment"].tolist() == [rule.name for rule in load_rules().segments]
+    assert all(name in output for name in table["segment"]) and table.attrs["value_floors"]
+    outcome = namespace["outcome"]
+    assert outcome.promotion.registered_name == "valuecast-churn-cdnow_sample"  # type: ignore[attr-defined]
+
+
+def test_the_public_surface_is_small_documented_and_cheap_to_import() -> None:
+    import subprocess
+    import sys
+
+    import valuecast
+
+    assert valuecast.__all__ == ["load_dataset", "models", "score", "segments", "train"]
+    for name in valuecast.__all__:
+        function = getattr(valuecast, name)
+        assert function.__doc__ and function.__annotations__, name
+    # importing the package loads none of the heavy libraries (they load on the first call)
+    probe = "import sys, valuecast; print(sorted(m for m in ('pandas', 'mlflow', 'xgboost') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_score_gives_the_numbers_of_the_scoring_path_the_api_uses(champion_store: dict[str, str]) -> None:
+    import valuecast
+    from serving.scoring import load_champions, score_histories
+
+    transactions = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "b"],
+            "timestamp": pd.to_datetime(["1997-02-01", "1998-03-01", "1997-06-15"]),
+            "amount": [20.0, 35.5, 12.0],
+        }
+    )
+    ours = valuecast.score(transactions, dataset="cdnow_sample", as_of="1998-07-01")
+    champions = load_champions("cdnow_sample")
+    stamps = transactions["timestamp"].to_numpy("datetime64[ns]").astype(np.int64)
+    api = score_histories(
+        champions,
+        ["a", "b"],
+        np.array([0, 0, 1]),
+        stamps,
+        transactions["amount"].to_numpy(),
+        pd.Timestamp("1998-07-01"),
+        {},
+    )
+    for column in ("churn_probability", "purchase_probability", "clv", "value_at_risk"):
+        np.testing.assert_allclose(
+            ours[column].to_numpy(float), np.asarray(api[column], dtype=float), rtol=0, atol=1e-9
+        )
+    assert ours["segment"].tolist() == list(api["segment"])
