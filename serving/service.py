@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
+from serving import uplift
 from serving.api import (
     MAX_CUSTOMERS,
     MAX_LEADS,
@@ -63,6 +64,7 @@ from serving.api import (
 from serving.scoring import (
     CUSTOMER_FAMILIES,
     LEAD_FAMILIES,
+    UPLIFT_FAMILIES,
     Catalog,
     Champions,
     DatasetChoiceError,
@@ -209,11 +211,11 @@ class ValueService:
                     self.loaded_stamp = stamp
         return self.catalog
 
-    def _choose(self, requested: str | None, needs: tuple[str, ...]) -> Champions:
+    def _choose(self, requested: str | None, needs: tuple[str, ...], or_needs: tuple[str, ...] = ()) -> Champions:
         """The dataset's champions for a request; a dataset the request cannot use is a 422 naming
         the field ``dataset`` and the choices."""
         try:
-            return choose_dataset(self._current(), requested, needs)
+            return choose_dataset(self._current(), requested, needs, or_needs)
         except DatasetChoiceError as exc:
             raise BadRequestError(
                 "the request's dataset cannot be used", [{"path": "dataset", "value": exc.value, "reason": str(exc)}]
@@ -294,10 +296,12 @@ class ValueService:
 
     def _score(self, parsed: ScoreRequest) -> JSONResponse:
         try:
-            champions = self._choose(parsed.dataset, CUSTOMER_FAMILIES)
+            champions = self._choose(parsed.dataset, CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
         except NotReadyError as exc:
             return error(503, f"not ready: {exc}")
         as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+        if not champions.has(CUSTOMER_FAMILIES):  # uplift alone: customers come as attribute rows
+            return self._score_uplift(parsed, champions, as_of)
         config = champions.models["clv"].model.dataset_config
         # Plain purchase histories (the usual request) skip pandas: same code underneath, same numbers.
         histories = None
@@ -317,8 +321,13 @@ class ValueService:
             ids = [str(c.customer_id) for c in parsed.customers]
             scored = score_customers(champions, dataset, as_of, ids, attributes=customer_attributes(parsed))
             columns = {c: scored[c].to_numpy() for c in scored.columns}
+        names = [c for c in OUTPUT_COLUMNS if c in columns]
+        if champions.has(UPLIFT_FAMILIES):  # and the uplift columns of the same customers
+            given = _attributes(parsed)
+            columns = _uplift_or_422(champions, parsed, lambda: uplift.score_with_customers(champions, columns, given))
+            names += uplift.response_columns(uplift.uplift_model(champions))
         categories = [c for c in columns if c.startswith("purchase_probability_")]
-        records = column_records(columns, [c for c in OUTPUT_COLUMNS if c in columns])
+        records = column_records(columns, names)
         by_category = column_records(columns, categories)
         for record, per_category in zip(records, by_category, strict=True):
             record["purchase_probability_by_category"] = {
@@ -329,8 +338,37 @@ class ValueService:
                 "dataset": champions.dataset,
                 "as_of": as_of.strftime("%Y-%m-%d"),
                 "customers": records,
-                "models": champions.versions(CUSTOMER_FAMILIES),
+                "models": champions.versions((*CUSTOMER_FAMILIES, *UPLIFT_FAMILIES)),
                 "segment_version": champions.frozen.version if champions.frozen else None,
+            }
+        )
+
+    def _score_uplift(self, parsed: ScoreRequest, champions: Champions, as_of: pd.Timestamp) -> JSONResponse:
+        """A dataset scored by its uplift model alone (Hillstrom): each customer's attributes are a
+        campaign-file row; transactions have nothing to be scored with."""
+        reason = (
+            f"dataset '{champions.dataset}' scores customers from their attributes (its uplift model), "
+            "not from purchase histories: leave out transactions"
+        )
+        sent = [
+            {"path": f"customers[{i}].transactions", "value": None, "reason": reason}
+            for i, customer in enumerate(parsed.customers)
+            if customer.transactions
+        ]
+        if sent:
+            raise BadRequestError("the request has invalid fields", sent)
+        ids = [str(c.customer_id) for c in parsed.customers]
+        scored = _uplift_or_422(
+            champions, parsed, lambda: uplift.score_attributes(champions, ids, _attributes(parsed), as_of)
+        )
+        names = ["customer_id", *uplift.response_columns(uplift.uplift_model(champions)), *uplift.SUPPRESSION_OUTPUT]
+        return JSONResponse(
+            {
+                "dataset": champions.dataset,
+                "as_of": as_of.strftime("%Y-%m-%d"),
+                "customers": column_records({c: scored[c].to_numpy() for c in names}, names),
+                "models": champions.versions(UPLIFT_FAMILIES),
+                "segment_version": None,
             }
         )
 
@@ -366,6 +404,22 @@ class ValueService:
         return JSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
 
 
+def _attributes(parsed: ScoreRequest) -> list[dict[str, Any]]:
+    return [dict(c.attributes) for c in parsed.customers]
+
+
+def _uplift_or_422(champions: Champions, parsed: ScoreRequest, work: Callable[[], Any]) -> Any:
+    """Uplift scoring, its input problems answered 422 naming each attribute."""
+    try:
+        return work()
+    except uplift.AttributeProblemsError as exc:
+        raise BadRequestError("some attributes cannot be used for uplift scoring", exc.problems) from exc
+    except InputRowsError as exc:
+        model = uplift.uplift_model(champions)
+        problems = uplift.row_problems(model, _attributes(parsed), exc.problems)
+        raise BadRequestError("some attributes cannot be used for uplift scoring", problems) from exc
+
+
 def _readiness(catalog: Catalog) -> dict[str, Any]:
     """The /readyz body: ready when any dataset can answer; each dataset's state and every problem."""
     return {
@@ -374,6 +428,7 @@ def _readiness(catalog: Catalog) -> dict[str, Any]:
             name: {
                 "customers": c.ready_for_customers,
                 "leads": c.ready_for_leads,
+                "uplift": c.ready_for_uplift,
                 "problems": c.problems,
             }
             for name, c in sorted(catalog.datasets.items())
