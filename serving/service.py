@@ -8,7 +8,9 @@ and the dataset's latest frozen segment file (:mod:`serving.scoring`). One serve
 dataset at once: a request names its dataset in the field ``dataset`` (default:
 ``VALUECAST_DEFAULT_DATASET``, else the only dataset that can answer that endpoint).
 
-- ``POST /score``: customers with their transactions -> scores, segment and action per customer.
+- ``POST /score``: customers with their transactions -> scores, segment and action per customer;
+  where the dataset has an uplift champion, also the uplift per arm and the next best action
+  (a dataset scored by uplift alone takes each customer's attributes, no transactions).
 - ``POST /score_leads``: leads -> probability, 0-100 score, tier and reasons.
 - ``GET /healthz`` (process up, BentoML's own), ``GET /readyz`` (200 when at least one dataset can
   answer; the body gives each dataset's state), ``GET /models``.

@@ -27,6 +27,7 @@ from features.validate import ROW
 from serving.scoring import SUPPRESSION_COLUMNS, Champions, NotReadyError, suppression_facts
 from serving.segments import NO_ACTION as NO_MARKETING_ACTION
 from serving.segments import SegmentRules, add_reason, suppression_reasons
+from training.common import InputRowsError
 from training.uplift import NO_ACTION, UpliftModel, arm_slug
 
 FAMILY = "uplift"
@@ -231,14 +232,25 @@ def score_with_customers(
     champions: Champions, columns: Mapping[str, np.ndarray], attributes: Sequence[Mapping[str, Any]]
 ) -> dict[str, np.ndarray]:
     """POST /score for a dataset with customer models and an uplift model: the uplift columns of the
-    same customers (from their attributes) joined to the customer models' ``columns``."""
+    same customers (from their attributes) joined to the customer models' ``columns``. A customer
+    without any attribute the uplift model reads gets empty uplift columns, as one without a row in
+    the campaign table does in batch."""
     model = uplift_model(champions)
     problems = attribute_problems(model, champions.dataset, attributes, strict=False)
     if problems:
         raise AttributeProblemsError(problems)
     ids = [str(i) for i in columns["customer_id"]]
-    scored = score_rows(model, attribute_rows(model, ids, attributes), ids)
-    return join_uplift(champions, columns, scored)
+    known = set(input_columns(model))
+    given = [position for position, sent in enumerate(attributes) if known & set(sent)]
+    chosen_ids = [ids[p] for p in given]
+    scored = pd.DataFrame(columns=["customer_id", *response_columns(model)])
+    if given:
+        try:
+            scored = score_rows(model, attribute_rows(model, chosen_ids, [attributes[p] for p in given]), chosen_ids)
+        except InputRowsError as exc:  # row n of those scored is the request's customer given[n - 1]
+            raise AttributeProblemsError(row_problems(model, attributes, exc.problems, given)) from exc
+    aligned = scored.set_index("customer_id").reindex(ids).reset_index()
+    return join_uplift(champions, columns, aligned)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,18 +316,23 @@ def response_columns(model: UpliftModel) -> list[str]:
 
 
 def row_problems(
-    model: UpliftModel, attributes: Sequence[Mapping[str, Any]], problems: list[Any]
+    model: UpliftModel,
+    attributes: Sequence[Mapping[str, Any]],
+    problems: list[Any],
+    positions: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows the model's cleaning rules rejected (:class:`training.common.InputRowsError`) as paths
-    into the request: row n is ``customers[n-1]``."""
+    into the request: row n is ``customers[n-1]``, or ``customers[positions[n-1]]`` when only those
+    customers were scored."""
     id_column = model.table.columns.get("customer_id")
     found = []
     for problem in problems:
         for row in problem.rows:
+            at = positions[row - 1] if positions is not None else row - 1
             if problem.column == id_column:
-                path, value = f"customers[{row - 1}].customer_id", None
+                path, value = f"customers[{at}].customer_id", None
             else:
-                path = f"customers[{row - 1}].attributes.{problem.column}"
-                value = attributes[row - 1].get(problem.column)
+                path = f"customers[{at}].attributes.{problem.column}"
+                value = attributes[at].get(problem.column)
             found.append({"path": path, "value": value, "reason": f"{problem.reason}; {problem.fix}"})
     return found
