@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from .conftest import SERVING_AS_OF, free_port, load_real, register_copy, running_server
+from .conftest import SERVING_AS_OF, free_port, load_real, register_copy, running_server, store_environment
 
 KEY = "uplift-key"
 AUTH = {"X-API-Key": KEY}
@@ -79,15 +79,7 @@ def uplift_store(champion_store: dict[str, str], tmp_path_factory: pytest.TempPa
     sample = load_champions("cdnow_sample")  # from the session's store, before switching
     assert sample.frozen is not None
     folder = tmp_path_factory.mktemp("uplift")
-    values = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
-        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
-        "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with store_environment(folder) as values:
         tracking.connect()
         hillstrom = load_real("hillstrom")
         assert hillstrom.campaigns is not None
@@ -107,15 +99,7 @@ def uplift_store(champion_store: dict[str, str], tmp_path_factory: pytest.TempPa
         shop = folder / "shop"
         shop.mkdir()
         yield {**values, "shop": _shop_files(shop), "folder": folder}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        from training import tracking as reset
-
-        reset.connect()
+    tracking.connect()  # back to the session's store for the tests after this module
 
 
 @pytest.fixture(scope="module")
