@@ -357,3 +357,42 @@ def test_do_not_disturb_joins_the_suppression_reasons(mode: str | None, expected
     assert (out.loc[suppressed, "expected_incremental_value"] == 0).all()
     assert out.loc[~suppressed, "next_best_action"].tolist() == scored.loc[~suppressed, "next_best_action"].tolist()
     assert reasons.tolist() == ["", "", "", "opted out"]  # the caller's array is unchanged
+
+
+def test_choosing_the_dataset_of_a_score_request_with_uplift_champions() -> None:
+    """/score is answered by customer models or an uplift model; a dataset with both needs both
+    working; naming a dataset with neither says so. Without a store: champions are stand-ins."""
+    from serving.scoring import (
+        CUSTOMER_FAMILIES,
+        UPLIFT_FAMILIES,
+        Catalog,
+        Champions,
+        DatasetChoiceError,
+        NotReadyError,
+        Served,
+        choose_dataset,
+    )
+    from serving.segments import freeze, load_rules
+
+    def served(family: str, dataset: str) -> Served:
+        return Served(family, f"valuecast-{family}-{dataset}", "1", "r", "t", {}, dataset, "s_learner", None)
+
+    rules = load_rules()
+    campaign = Champions("campaign", {"uplift": served("uplift", "campaign")}, rules=rules)
+    leads = Champions("crm", {"lead_score": served("lead_score", "crm")})
+    catalog = Catalog({c.dataset: c for c in (campaign, leads)})
+    assert choose_dataset(catalog, None, CUSTOMER_FAMILIES, UPLIFT_FAMILIES).dataset == "campaign"
+    with pytest.raises(DatasetChoiceError, match=r"'crm' has no churn, propensity, clv model .*, nor an uplift model"):
+        choose_dataset(catalog, "crm", CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
+    with pytest.raises(DatasetChoiceError, match="'campaign' has no churn, propensity, clv model"):
+        choose_dataset(catalog, "campaign", CUSTOMER_FAMILIES)  # an endpoint that takes customer models only
+
+    frozen = freeze(pd.DataFrame({"clv": [1.0, 2.0], "total_spend": [1.0, 2.0]}), rules, "test")
+    broken = Champions("shop", {f: served(f, "shop") for f in CUSTOMER_FAMILIES}, frozen=frozen)
+    broken.problems["uplift"] = "valuecast-uplift-shop v2 failed to load: OSError: gone"
+    broken.broken.add("uplift")
+    with pytest.raises(NotReadyError, match="uplift: valuecast-uplift-shop v2 failed to load"):
+        choose_dataset(Catalog({"shop": broken}), "shop", CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
+    unruled = Champions("campaign", {"uplift": served("uplift", "campaign")}, problems={"segments": "bad rules"})
+    with pytest.raises(NotReadyError, match="bad rules"):
+        choose_dataset(Catalog({"campaign": unruled}), None, CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
