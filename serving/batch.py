@@ -628,14 +628,18 @@ def _score_uplift_into(
     return scores, info
 
 
-LIST_COLUMNS = ("value_tier", "segment", "clv", "value_at_risk")
+LIST_COLUMNS = ("value_tier", "risk_band", "segment", "clv", "value_at_risk")
+TIER_ORDER = {"A": 0, "B": 1, "C": 2, "D": 3}
+RISK_ORDER = {"high": 0, "medium": 1, "low": 2}
 
 
 def action_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: Path) -> dict[str, int]:
     """One CSV per next best action (``actions/<arm>.csv``; none for ``no_action``) for CRM import:
     customer_id, contact fields, the action, its expected incremental value, the micro segment, the
-    arm's uplift (and the value tier and segment where the dataset has them), the highest expected
-    value first; suppressed customers left out."""
+    arm's uplift (and the value tier and segment where the dataset has them); suppressed customers
+    left out. Order is priority: the highest expected incremental value first; where the dataset has
+    value tiers, tier A first, and within a tier the high churn-risk band first, so that a valuable
+    customer at risk whom the arm persuades gets it before others."""
     folder.mkdir(parents=True, exist_ok=True)
     acting = scores["next_best_action"].notna() & (scores["next_best_action"] != NO_ACTION)
     keep = scores.loc[acting & ~scores["suppressed"].astype(bool)]
@@ -652,6 +656,14 @@ def action_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: P
         listed = rows[columns].sort_values(
             ["expected_incremental_value", "customer_id"], ascending=[False, True], kind="stable"
         )
+        if "value_tier" in rows.columns and "risk_band" in rows.columns:
+            rank = pd.DataFrame(
+                {
+                    "tier": rows.loc[listed.index, "value_tier"].map(TIER_ORDER).fillna(len(TIER_ORDER)),
+                    "risk": rows.loc[listed.index, "risk_band"].map(RISK_ORDER).fillna(len(RISK_ORDER)),
+                }
+            )
+            listed = listed.loc[rank.sort_values(["tier", "risk"], kind="stable").index]
         if contact and customers is not None:
             listed = listed.join(customers[contact], on="customer_id")[["customer_id", *contact, *columns[1:]]]
         write_csv(listed, inside(folder, f"{slug}.csv"))

@@ -28,7 +28,7 @@ from serving.scoring import SUPPRESSION_COLUMNS, Champions, NotReadyError, suppr
 from serving.segments import NO_ACTION as NO_MARKETING_ACTION
 from serving.segments import SegmentRules, add_reason, suppression_reasons
 from training.common import InputRowsError
-from training.uplift import NO_ACTION, UpliftModel, arm_slug
+from training.uplift import NO_ACTION, UpliftModel, arm_slug, output_columns
 
 FAMILY = "uplift"
 DO_NOT_DISTURB = "do not disturb"
@@ -309,8 +309,6 @@ def action_mix(scores: pd.DataFrame) -> dict[str, Any]:
 
 def response_columns(model: UpliftModel) -> list[str]:
     """The uplift columns of an answer, in order (the customer id is the caller's)."""
-    from training.uplift import output_columns
-
     columns = output_columns(model.arms, model.outcomes, model.settings.primary_outcome)
     return [c for c in columns if c != "customer_id"]
 

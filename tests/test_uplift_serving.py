@@ -396,3 +396,38 @@ def test_choosing_the_dataset_of_a_score_request_with_uplift_champions() -> None
     unruled = Champions("campaign", {"uplift": served("uplift", "campaign")}, problems={"segments": "bad rules"})
     with pytest.raises(NotReadyError, match="bad rules"):
         choose_dataset(Catalog({"campaign": unruled}), None, CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
+
+
+def test_action_lists_put_valuable_customers_at_risk_first(tmp_path: Path) -> None:
+    """Where the dataset has value tiers, a tier-A customer at high risk whom the arm persuades is
+    first on the arm's list, before customers with a higher expected value in lower tiers; the
+    suppressed and no_action are on no list. A tiny inline frame; the order is set by hand."""
+    from serving.batch import action_lists
+
+    scores = pd.DataFrame(
+        {
+            "customer_id": ["d-hi", "a-low", "a-high", "b-high", "quiet", "opted"],
+            "next_best_action": ["Mail", "Mail", "Mail", "Mail", "no_action", "no_action"],
+            "expected_incremental_value": [2.0, 0.9, 0.5, 1.5, 0.0, 0.0],
+            "micro_segment": ["persuadable"] * 6,
+            "uplift_mail": [0.3, 0.1, 0.08, 0.2, 0.0, 0.3],
+            "value_tier": ["D", "A", "A", "B", "A", "A"],
+            "risk_band": ["high", "low", "high", "high", "high", "high"],
+            "segment": ["deprioritize", "maintain", "protect", "grow", "protect", "protect"],
+            "suppressed": [False, False, False, False, False, True],
+        }
+    )
+    counts = action_lists(scores, None, tmp_path / "actions")
+    assert counts == {"Mail": 4}
+    listed = pd.read_csv(tmp_path / "actions" / "mail.csv")
+    assert listed["customer_id"].tolist() == ["a-high", "a-low", "b-high", "d-hi"]
+    assert list(listed.columns[:5]) == [
+        "customer_id",
+        "next_best_action",
+        "expected_incremental_value",
+        "micro_segment",
+        "uplift_mail",
+    ]
+    without_tiers = action_lists(scores.drop(columns=["value_tier", "risk_band", "segment"]), None, tmp_path / "plain")
+    assert without_tiers == {"Mail": 4}
+    assert pd.read_csv(tmp_path / "plain" / "mail.csv")["customer_id"].tolist() == ["d-hi", "b-high", "a-low", "a-high"]
