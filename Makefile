@@ -113,7 +113,7 @@ train: setup ## Train MODEL (churn|propensity|lead_score|clv|uplift|all, default
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: score
-score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists); FORCE=1 replaces an OUT valuecast did not write
+score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists; with an uplift champion the next best action and actions/<arm>.csv); FORCE=1 replaces an OUT valuecast did not write
 	@test -n "$(OUT)" || { echo "error: set OUT=<folder>, e.g. make score DATA=cdnow OUT=out/scores"; exit 2; }
 	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE) $(force_arg)
 

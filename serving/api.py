@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -213,16 +213,21 @@ def collision(name: str) -> str:
     return f"attribute '{name}' is named like a transaction field and would overwrite it; rename the attribute"
 
 
-def transaction_field_collisions(request: ScoreRequest) -> list[dict[str, Any]]:
+def transaction_field_collisions(request: ScoreRequest, allowed: Set[str] = frozenset()) -> list[dict[str, Any]]:
     """Attributes named like an optional transaction field (``category``, ``channel``...), a problem
     where customers are scored from transactions: the attribute would be read as every transaction's
-    value. (Where a dataset scores attribute rows, as an uplift model does, ``channel`` is an attribute.)"""
+    value. ``allowed``: such names that a customer-level model reads (an uplift model's ``channel``);
+    :func:`transactions_frame` keeps them out of the transactions."""
     return [
         {"path": f"customers[{position}].attributes", "value": None, "reason": collision(name)}
         for position, customer in enumerate(request.customers)
         for name in customer.attributes
-        if name.strip().casefold() in OPTIONAL_TRANSACTION_FIELDS
+        if is_transaction_field(name) and name not in allowed
     ]
+
+
+def is_transaction_field(name: str) -> bool:
+    return name.strip().casefold() in OPTIONAL_TRANSACTION_FIELDS
 
 
 # Which dataset's champions score the request: a name as registered model names carry it.
@@ -340,7 +345,8 @@ def transactions_frame(request: ScoreRequest) -> pd.DataFrame:
     }
     for name in used:
         rows[name] = []
-    attribute_names = sorted({k for c in request.customers for k in c.attributes})
+    # customer attributes, never one named like a transaction field (see transaction_field_collisions)
+    attribute_names = sorted({k for c in request.customers for k in c.attributes if not is_transaction_field(k)})
     attributes: dict[str, list[Any]] = {name: [] for name in attribute_names}
     for customer in request.customers:
         for t in customer.transactions:

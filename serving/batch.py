@@ -11,6 +11,13 @@ Outputs: ``scores.parquet`` and ``scores.csv`` (one row per customer), ``leads.p
 ``summary.json``, ``report.html`` (figures inline), ``lists/<segment>.csv`` (customer_id, contact
 fields, segment, action; suppressed customers left out) and ``quarantine.<table>.csv`` for rows that
 could not be used, with their reason.
+
+Where the dataset has an uplift champion (:mod:`serving.uplift`), the campaign table's customers are
+scored by it too: ``next_best_action``, ``expected_incremental_value``, ``micro_segment`` and one
+``uplift_<arm>`` per arm in the scores (beside the value columns when the dataset has customer
+models, alone for a dataset of attribute rows such as Hillstrom), ``actions/<arm>.csv`` per action
+(suppressed customers left out, the highest expected incremental value first), and the action mix in
+the summary and the report.
 """
 
 from __future__ import annotations
@@ -36,8 +43,17 @@ from matplotlib.figure import Figure
 from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
-from serving.scoring import Champions, NotReadyError, model_scores, with_segments
+from serving import uplift
+from serving.scoring import (
+    UPLIFT_FAMILIES,
+    Champions,
+    NotReadyError,
+    model_scores,
+    suppression_facts,
+    with_segments,
+)
 from serving.segments import freeze, latest_frozen, load_frozen, load_rules, summary, write_frozen
+from training.uplift import NO_ACTION, arm_slug
 
 CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
 CHUNK_CUSTOMERS = 200_000
@@ -227,8 +243,9 @@ def customer_table(dataset: Dataset) -> pd.DataFrame | None:
     return frame.drop_duplicates("customer_id", keep="last").set_index("customer_id")
 
 
-def customer_ids(dataset: Dataset, as_of: pd.Timestamp) -> list[str]:
-    """Every customer with a transaction before ``as_of`` and every customer of the customers table, sorted."""
+def customer_ids(dataset: Dataset, as_of: pd.Timestamp, also: list[str] | None = None) -> list[str]:
+    """Every customer with a transaction before ``as_of``, every customer of the customers table and
+    the ids in ``also`` (the campaign table's, when an uplift model scores them too), sorted."""
     assert dataset.transactions is not None
     tx = dataset.transactions.frame
     before = (tx["timestamp"] < as_of).to_numpy()
@@ -242,7 +259,21 @@ def customer_ids(dataset: Dataset, as_of: pd.Timestamp) -> list[str]:
     customers = customer_table(dataset)
     if customers is not None:
         ids |= set(customers.index)
-    return sorted(ids)
+    return sorted(ids | set(also or []))
+
+
+def uses_uplift(champions: Champions, dataset: Dataset) -> bool:
+    """Whether the dataset's customers get uplift columns: an uplift champion and a campaign table."""
+    return champions.has(UPLIFT_FAMILIES) and dataset.campaigns is not None
+
+
+def campaign_ids(champions: Champions, dataset: Dataset) -> list[str]:
+    """The campaign table's customers when the uplift model scores them (value scores are given to
+    them too, as new customers where they have no history), else none."""
+    if not uses_uplift(champions, dataset):
+        return []
+    assert dataset.campaigns is not None
+    return list(pd.unique(dataset.campaigns.frame["customer_id"].astype(str)))
 
 
 def model_scores_of_dataset(
@@ -253,7 +284,7 @@ def model_scores_of_dataset(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Model scores and segment facts of :func:`customer_ids`, in chunks of customers (features are
     per customer, so chunking does not change a number)."""
-    ids = customer_ids(dataset, as_of)
+    ids = customer_ids(dataset, as_of, campaign_ids(champions, dataset))
     customers = customer_table(dataset)
     scores, facts = [], []
     chunks = _chunks(ids, CHUNK_CUSTOMERS)
@@ -370,6 +401,8 @@ def report_html(scores: pd.DataFrame, figures_made: dict[str, Figure], info: dic
         "<h2>Segments</h2>",
         table.to_html(escape=True),
     ]
+    if "uplift" in info:
+        parts.append(action_mix_html(info["uplift"]))
     for title, figure in figures_made.items():
         parts.append(
             f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>"
@@ -422,8 +455,13 @@ def run(
     """Score every customer (and lead) of ``dataset`` into ``out`` with ``champions``, which must be
     that dataset's own: another dataset's models and tiers would give its numbers to these customers.
     ``force``: replace whatever is at ``out``, even when it is not valuecast's output."""
-    if dataset.transactions is None:
+    if dataset.transactions is None and not uses_uplift(champions, dataset):
         raise NotReadyError(f"dataset '{dataset.config.name}' has no transaction log to score customers from")
+    if dataset.transactions is None and engine == "spark":
+        raise ConfigError(
+            f"dataset '{dataset.config.name}' is scored from its campaign table's rows by the uplift model alone, "
+            "on the local engine: leave out ENGINE=spark"
+        )
     if champions.dataset and champions.dataset != dataset.config.name:
         raise NotReadyError(
             f"the champions of dataset '{champions.dataset}' cannot score dataset '{dataset.config.name}': "
@@ -432,9 +470,13 @@ def run(
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
     marker = {"dataset": dataset.config.name, "as_of": f"{as_of:%Y-%m-%d}"}
     with atomic_folder(out, marker, force=force) as work:  # nothing replaces OUT unless every step below succeeds
-        scores, leads, info, segment_file = _score_into(
-            work, champions, dataset, as_of, refreeze, rules_path, engine, progress
-        )
+        if dataset.transactions is None:  # customers as attribute rows (Hillstrom): the uplift model alone
+            scores, info = _score_uplift_into(work, champions, dataset, as_of, rules_path, progress)
+            leads, segment_file = None, ""
+        else:
+            scores, leads, info, segment_file = _score_into(
+                work, champions, dataset, as_of, refreeze, rules_path, engine, progress
+            )
     progress("writing", 1, 1)
     return BatchResult(out, as_of, scores, leads, info, segment_file)
 
@@ -464,7 +506,7 @@ def _score_into(
             champions,
             dataset,
             as_of,
-            customer_ids(dataset, as_of),
+            customer_ids(dataset, as_of, campaign_ids(champions, dataset)),
             customer_table(dataset),
             out_parquet=work / "scores.parquet",
         )
@@ -475,6 +517,10 @@ def _score_into(
         )
         segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
         scores = with_segments(champions, raw, facts, as_of)
+    if uses_uplift(champions, dataset):  # the uplift columns of the same customers
+        progress("scoring uplift", 0, 1)
+        scores = with_uplift(champions, dataset, scores)
+        progress("scoring uplift", 1, 1)
     leads = None
     if dataset.leads is not None and "lead_score" in champions.models:
         model = champions.models["lead_score"].model
@@ -500,29 +546,200 @@ def _score_into(
         if leads is None
         else {"leads": len(leads), "tiers": leads["tier"].value_counts().sort_index().to_dict()},
     }
+    if uses_uplift(champions, dataset):
+        info["uplift"] = uplift.action_mix(scores)
     progress("writing", 0, 1)
-    if engine != "spark":  # the Spark engine's scores.parquet was written by Spark
+    if engine != "spark" or uses_uplift(champions, dataset):  # Spark wrote the scores unless uplift joined them
         scores.to_parquet(work / "scores.parquet", index=False)
     write_csv(scores, work / "scores.csv")
     if leads is not None:
         leads.to_parquet(work / "leads.parquet", index=False)
         write_csv(leads, work / "leads.csv")
     info["lists"] = segment_lists(scores, customer_table(dataset), work / "lists")
-    quarantined: dict[str, int] = {}
-    for kind, checked in dataset.checked_tables():
-        if not checked.quarantine.empty:  # rows that could not be used, with their reason
-            checked.quarantine.to_csv(inside(work, f"quarantine.{kind}.csv"), index=False)
-            quarantined[kind] = len(checked.quarantine)
-    info["quarantined"] = quarantined
+    if uses_uplift(champions, dataset):
+        info["action_lists"] = action_lists(scores, customer_table(dataset), work / "actions")
+    info["quarantined"] = write_quarantine(dataset, work)
     made = figures(scores)
+    if "uplift" in info:
+        made["Next best action"] = action_figure(info["uplift"])
     (work / "report.html").write_text(report_html(scores, made, info))
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, leads, info, segment_file
 
 
+def write_quarantine(dataset: Dataset, work: Path) -> dict[str, int]:
+    """Rows that could not be used, with their reason, per table; their counts."""
+    quarantined: dict[str, int] = {}
+    for kind, checked in dataset.checked_tables():
+        if not checked.quarantine.empty:
+            checked.quarantine.to_csv(inside(work, f"quarantine.{kind}.csv"), index=False)
+            quarantined[kind] = len(checked.quarantine)
+    return quarantined
+
+
+def with_uplift(champions: Champions, dataset: Dataset, scores: pd.DataFrame) -> pd.DataFrame:
+    """The value scores with the uplift columns of the same customers (:func:`serving.uplift.join_uplift`:
+    one set of suppression columns; do-not-disturb suppresses the value action too). Customers
+    without a campaign row get empty uplift columns."""
+    scored, _ = uplift.score_campaign_customers(champions, dataset)
+    aligned = scored.set_index("customer_id").reindex(scores["customer_id"].astype(str)).reset_index()
+    aligned["do_not_disturb"] = aligned["do_not_disturb"].astype("boolean")
+    joined = uplift.join_uplift(champions, {c: scores[c].to_numpy() for c in scores.columns}, aligned)
+    frame = pd.DataFrame(joined)
+    return frame.astype({"suppressed": bool})
+
+
+def _score_uplift_into(
+    work: Path,
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    rules_path: Path | None,
+    progress: Callable[[str, int, int], None],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A dataset whose customers are attribute rows (Hillstrom): every customer of the campaign
+    table scored by the uplift model alone, suppressed by the segment rules' flags and contact dates
+    and do-not-disturb; written into ``work``."""
+    if rules_path is not None:
+        champions.rules = load_rules(rules_path)
+    progress("scoring uplift", 0, 1)
+    scored, facts = uplift.score_campaign_customers(champions, dataset, customer_table(dataset))
+    scores = uplift.with_suppression(champions, scored, suppression_facts(facts, as_of), as_of)
+    progress("scoring uplift", 1, 1)
+    mix = uplift.action_mix(scores)
+    info: dict[str, Any] = {
+        "dataset": dataset.config.name,
+        "engine": "local",
+        "as_of": f"{as_of:%Y-%m-%d}",
+        "models": champions.versions(),
+        "segment_version": None,
+        "segment_file": None,
+        "summary": {"customers": len(scores), "suppressed": int(scores["suppressed"].sum())},
+        "uplift": mix,
+        "leads": None,
+    }
+    progress("writing", 0, 1)
+    scores.to_parquet(work / "scores.parquet", index=False)
+    write_csv(scores, work / "scores.csv")
+    info["action_lists"] = action_lists(scores, customer_table(dataset), work / "actions")
+    info["quarantined"] = write_quarantine(dataset, work)
+    (work / "report.html").write_text(uplift_report_html(mix, {"Next best action": action_figure(mix)}, info))
+    (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return scores, info
+
+
+LIST_COLUMNS = ("value_tier", "risk_band", "segment", "clv", "value_at_risk")
+TIER_ORDER = {"A": 0, "B": 1, "C": 2, "D": 3}
+RISK_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+def action_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: Path) -> dict[str, int]:
+    """One CSV per next best action (``actions/<arm>.csv``; none for ``no_action``) for CRM import:
+    customer_id, contact fields, the action, its expected incremental value, the micro segment, the
+    arm's uplift (and the value tier and segment where the dataset has them); suppressed customers
+    left out. Order is priority: the highest expected incremental value first; where the dataset has
+    value tiers, tier A first, and within a tier the high churn-risk band first, so that a valuable
+    customer at risk whom the arm persuades gets it before others."""
+    folder.mkdir(parents=True, exist_ok=True)
+    acting = scores["next_best_action"].notna() & (scores["next_best_action"] != NO_ACTION)
+    keep = scores.loc[acting & ~scores["suppressed"].astype(bool)]
+    contact = [c for c in (customers.columns if customers is not None else []) if CONTACT_PATTERN.search(str(c))]
+    counts: dict[str, int] = {}
+    slugs: dict[str, str] = {}
+    for action, rows in keep.groupby("next_best_action", sort=True):
+        slug = arm_slug(str(action))
+        if slug in slugs:
+            raise ConfigError(f"arms '{slugs[slug]}' and '{action}' would both be written to actions/{slug}.csv")
+        slugs[slug] = str(action)
+        columns = ["customer_id", "next_best_action", "expected_incremental_value", "micro_segment"]
+        columns += [f"uplift_{slug}", *[c for c in LIST_COLUMNS if c in rows.columns]]
+        listed = rows[columns].sort_values(
+            ["expected_incremental_value", "customer_id"], ascending=[False, True], kind="stable"
+        )
+        if "value_tier" in rows.columns and "risk_band" in rows.columns:
+            rank = pd.DataFrame(
+                {
+                    "tier": rows.loc[listed.index, "value_tier"].map(TIER_ORDER).fillna(len(TIER_ORDER)),
+                    "risk": rows.loc[listed.index, "risk_band"].map(RISK_ORDER).fillna(len(RISK_ORDER)),
+                }
+            )
+            listed = listed.loc[rank.sort_values(["tier", "risk"], kind="stable").index]
+        if contact and customers is not None:
+            listed = listed.join(customers[contact], on="customer_id")[["customer_id", *contact, *columns[1:]]]
+        write_csv(listed, inside(folder, f"{slug}.csv"))
+        counts[str(action)] = len(listed)
+    return counts
+
+
+def action_figure(mix: dict[str, Any]) -> Figure:
+    """Customers per next best action, the suppressed apart."""
+    actions = mix["actions"]
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.barh(list(actions), list(actions.values()))
+    axes.set(xlabel="customers", title="Next best action (suppressed customers: no_action)")
+    return figure
+
+
+def action_mix_html(mix: dict[str, Any]) -> str:
+    """The action mix as HTML: customers, share and expected incremental value per action."""
+    total = max(mix["customers"], 1)
+    table = pd.DataFrame(
+        {
+            "customers": pd.Series(mix["actions"]),
+            "share": (pd.Series(mix["actions"]) / total).map("{:.1%}".format),
+            "expected incremental value": pd.Series(mix["expected_incremental_value"]).round(2),
+        }
+    ).rename_axis("next best action")
+    segments = pd.Series(mix["micro_segments"], name="customers").rename_axis("micro segment").to_frame()
+    reasons = pd.Series(mix["suppression_reasons"], name="customers", dtype="int64")
+    parts = [
+        "<h2>Next best action</h2>",
+        f"<p>{mix['customers']:,} customers scored by the uplift model; {mix['suppressed']:,} suppressed "
+        "(next best action: no_action).</p>",
+        table.to_html(escape=True),
+        "<h3>Micro segments</h3>",
+        segments.to_html(escape=True),
+    ]
+    if len(reasons):
+        parts += ["<h3>Suppression reasons</h3>", reasons.rename_axis("reason").to_frame().to_html(escape=True)]
+    return "\n".join(parts)
+
+
+def uplift_report_html(mix: dict[str, Any], figures_made: dict[str, Figure], info: dict[str, Any]) -> str:
+    """The report of a dataset scored by the uplift model alone."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>valuecast: next best action report</title>",
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        f"<h1>Next best action report: {html.escape(info['dataset'])}, as of {info['as_of']}</h1>",
+        f"<p>Models: {html.escape(json.dumps(info['models']))}.</p>",
+        action_mix_html(mix),
+    ]
+    for title, figure in figures_made.items():
+        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def action_mix_table(mix: dict[str, Any]) -> list[str]:
+    """Lines of the action mix: customers and expected incremental value per next best action."""
+    lines = [f"{'next best action':<24} {'customers':>10} {'expected incremental value':>26}"]
+    lines += [
+        f"{action:<24} {count:>10,} {mix['expected_incremental_value'][action]:>26,.2f}"
+        for action, count in mix["actions"].items()
+    ]
+    reasons = ", ".join(f"{reason}: {count:,}" for reason, count in mix["suppression_reasons"].items())
+    return [*lines, f"{mix['suppressed']:,} suppressed" + (f" ({reasons})" if reasons else "")]
+
+
 def summary_table(result: BatchResult) -> str:
-    """The table printed at the end: customers per segment; value and value at risk per tier; the 20/80 check."""
+    """The table printed at the end: customers per segment; value and value at risk per tier; the 20/80
+    check; the next best actions where an uplift model scored the customers."""
     s = result.summary["summary"]
+    mix = result.summary.get("uplift")
+    if "segments" not in s:  # scored by the uplift model alone
+        return "\n".join(action_mix_table(mix)) if mix else ""
     lines = [f"{'segment':<14} {'customers':>10}"]
     lines += [f"{name:<14} {count:>10,}" for name, count in s["segments"].items()]
     lines += ["", f"{'tier':<6} {'predicted value':>16} {'value at risk':>14}"]
@@ -535,4 +752,6 @@ def summary_table(result: BatchResult) -> str:
         f"20/80 check: tier A is {s['tier_a_share_of_customers']:.1%} of customers and holds "
         f"{s['tier_a_share_of_value']:.1%} of predicted value; {s['suppressed']:,} suppressed",
     ]
+    if mix:
+        lines += ["", *action_mix_table(mix)]
     return "\n".join(lines)

@@ -27,10 +27,12 @@ from features.io import Dataset
 from features.transactions import NS_PER_DAY, SUMMARY_COLUMNS, feature_arrays
 from serving.segments import (
     FrozenSegments,
+    SegmentRules,
     assign,
     assign_columns,
     latest_frozen,
     load_frozen,
+    load_rules,
     missing_frozen,
 )
 from training import families, tracking
@@ -41,7 +43,10 @@ from training.common import CustomerModel
 # What POST /score and batch scoring combine into one row: their outputs are read by name below.
 CUSTOMER_FAMILIES = ("churn", "propensity", "clv")
 LEAD_FAMILIES = ("lead_score",)
-ENDPOINT_FAMILIES = (*CUSTOMER_FAMILIES, *LEAD_FAMILIES)
+# POST /score answers with the uplift champion too: alone for a dataset whose customers come as
+# attribute rows (Hillstrom), or next to the customer models' columns where a dataset has both.
+UPLIFT_FAMILIES = ("uplift",)
+ENDPOINT_FAMILIES = (*CUSTOMER_FAMILIES, *LEAD_FAMILIES, *UPLIFT_FAMILIES)
 DATASETS_ENV = "VALUECAST_DATASETS"
 # Feature columns that describe the gaps between orders: unknown (missing) for a customer without history.
 UNKNOWN_FOR_NEW = (
@@ -101,6 +106,8 @@ class Champions:
     # Families (or ``segments``) still served from the previous load because their new champion or
     # segment file failed to load (a reload keeps the last good set), with the reason.
     kept: dict[str, str] = field(default_factory=dict)
+    # The suppression rules of a dataset scored by uplift alone (no segment file: no value tiers).
+    rules: SegmentRules | None = None
 
     def versions(self, families_used: tuple[str, ...] | None = None) -> dict[str, str]:
         return {f: s.version for f, s in self.models.items() if families_used is None or f in families_used}
@@ -134,11 +141,21 @@ class Champions:
     def ready_for_leads(self) -> bool:
         return all(f in self.models for f in LEAD_FAMILIES)
 
+    @property
+    def ready_for_uplift(self) -> bool:
+        return all(f in self.models for f in UPLIFT_FAMILIES) and self.suppression_rules is not None
+
+    @property
+    def suppression_rules(self) -> SegmentRules | None:
+        """The rules suppression follows: the segment file's where the dataset has one, else the rules file."""
+        return self.frozen.rules if self.frozen is not None else self.rules
+
     def state(self) -> dict[str, Any]:
         """What this dataset can answer, for /readyz and /models."""
         return {
             "customers": self.ready_for_customers,
             "leads": self.ready_for_leads,
+            "uplift": self.ready_for_uplift,
             "models": self.versions(),
             "segment_version": self.frozen.version if self.frozen else None,
             "segment_file": self.segment_file,
@@ -148,6 +165,17 @@ class Champions:
 
 
 MAIN_METRICS = ("roc_auc", "pr_auc", "brier", "gini_normalized", "top20_capture", "aggregate_error")
+# Uplift: the primary Qini AUC with its 95% interval, uplift in the top 30%, and each arm's winner on
+# each outcome (``womens_e_mail_visit_winner_qini_auc``).
+UPLIFT_METRICS = ("qini_auc", "qini_auc_lo", "qini_auc_hi", "uplift_at_30", "uplift_at_30_lo", "uplift_at_30_hi")
+UPLIFT_ARM_METRICS = ("_winner_qini_auc", "_winner_qini_auc_lo", "_winner_qini_auc_hi")
+
+
+def main_metric(family: str, key: str) -> bool:
+    """Whether a run metric is one /models shows for the family."""
+    if family in UPLIFT_FAMILIES:
+        return key in UPLIFT_METRICS or key.endswith(UPLIFT_ARM_METRICS)
+    return key in MAIN_METRICS
 
 
 def _served(client: Any, family: str, name: str, dataset: str, version: Any) -> Served:
@@ -162,7 +190,7 @@ def _served(client: Any, family: str, name: str, dataset: str, version: Any) -> 
         version=str(version.version),
         run_id=str(version.run_id),
         trained_at=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").isoformat(),
-        metrics={k: float(v) for k, v in run.data.metrics.items() if k in MAIN_METRICS},
+        metrics={k: float(v) for k, v in sorted(run.data.metrics.items()) if main_metric(family, k)},
         dataset=dataset,
         candidate=version.tags.get("candidate"),
         model=model,
@@ -172,6 +200,12 @@ def _served(client: Any, family: str, name: str, dataset: str, version: Any) -> 
 def _wrong_kind(family: str, served: Served) -> str | None:
     """Why a champion cannot score its family's entity (None: it can): customer scoring computes
     features from transactions, which a model trained on a snapshot (Telco) does not take."""
+    if family in UPLIFT_FAMILIES:
+        from training.uplift import UpliftModel
+
+        if isinstance(served.model, UpliftModel):
+            return None
+        return f"{served.registered_name} v{served.version} is not an uplift model ({type(served.model).__name__})"
     if families.get(family).entity == "customer" and not isinstance(served.model, CustomerModel):
         return (
             f"{served.registered_name} v{served.version} was trained on a customer snapshot, not a transaction "
@@ -204,12 +238,13 @@ def load_champions(
         except MlflowException:
             continue
         registered[family] = name
-    entities = {families.get(f).entity for f in registered if f in ENDPOINT_FAMILIES}
+    # An uplift model scores attribute rows on its own: a dataset with one needs no customer models.
+    entities = {families.get(f).entity for f in registered if f in ENDPOINT_FAMILIES and f not in UPLIFT_FAMILIES}
     for family in families.names():
         if family not in ENDPOINT_FAMILIES:
-            continue  # not served by /score or /score_leads yet (uplift: issue [3/5]'s serving side)
+            continue
         if family not in registered:
-            if families.get(family).entity in entities:
+            if family not in UPLIFT_FAMILIES and families.get(family).entity in entities:
                 champions.problems[family] = f"no registered model {families.registered_name(family, dataset)}"
             continue
         name = registered[family]
@@ -234,8 +269,14 @@ def load_champions(
 
 
 def _attach_segments(champions: Champions, segment_file: Path | None) -> None:
-    """The dataset's latest frozen segment file, when it scores customers at all."""
+    """The dataset's latest frozen segment file, when it scores customers at all; for a dataset
+    scored by uplift alone, the segment rules file (its suppression rules)."""
     if not champions.has(CUSTOMER_FAMILIES) and segment_file is None:
+        if champions.has(UPLIFT_FAMILIES):
+            try:
+                champions.rules = load_rules()
+            except ConfigError as exc:
+                champions.problems["segments"] = str(exc)
         return
     path = segment_file or latest_frozen(champions.dataset)
     if path is None:
@@ -266,7 +307,7 @@ class Catalog:
 
     @property
     def ready(self) -> bool:
-        return any(c.ready_for_customers or c.ready_for_leads for c in self.datasets.values())
+        return any(c.ready_for_customers or c.ready_for_leads or c.ready_for_uplift for c in self.datasets.values())
 
     def served(self) -> list[Served]:
         return [s for name in sorted(self.datasets) for s in self.datasets[name].models.values()]
@@ -393,20 +434,28 @@ class DatasetChoiceError(ValueError):
         self.choices = choices
 
 
-def choose_dataset(catalog: Catalog, requested: str | None, needs: tuple[str, ...]) -> Champions:
+def choose_dataset(
+    catalog: Catalog, requested: str | None, needs: tuple[str, ...], or_needs: tuple[str, ...] = ()
+) -> Champions:
     """The champions a request is scored with: the dataset it names; else the catalog's default when
-    that dataset has models of these families; else the only dataset that has them.
+    that dataset has models of these families; else the only dataset that has them. ``or_needs``:
+    other families that can answer instead (POST /score: the uplift model of a dataset scored from
+    attribute rows); a dataset with both must have both working.
 
     Raises :class:`DatasetChoiceError` (the request's fault: 422) or :class:`NotReadyError` (the
     server's: 503, with the reason: models that failed to load, no segment file).
     """
-    able = catalog.having(needs)
+
+    def can(champions: Champions) -> bool:
+        return champions.has(needs) or bool(or_needs and champions.has(or_needs))
+
+    able = sorted(name for name, c in catalog.datasets.items() if can(c))
     what = "customers" if needs == CUSTOMER_FAMILIES else "leads"
     name = requested
     if name is None and catalog.default is not None:
         if catalog.default not in catalog.datasets:
             raise NotReadyError(f"{DEFAULT_DATASET_ENV}={catalog.default} is not served (served: {_names(catalog)})")
-        if catalog.datasets[catalog.default].has(needs):
+        if can(catalog.datasets[catalog.default]):
             name = catalog.default
     if name is None:
         if len(able) > 1:
@@ -419,13 +468,20 @@ def choose_dataset(catalog: Catalog, requested: str | None, needs: tuple[str, ..
     if name not in catalog.datasets:
         raise DatasetChoiceError(f"dataset '{name}' is not served here", name, able)
     champions = catalog.datasets[name]
-    if not champions.has(needs):
-        why = champions.why_not(needs)
-        message = f"dataset '{name}' has no {', '.join(needs)} model to score {what}" + (f" ({why})" if why else "")
-        raise DatasetChoiceError(message, name, able)
-    champions.require(needs)
-    if needs == CUSTOMER_FAMILIES and champions.frozen is None:
-        raise NotReadyError(champions.problems.get("segments", f"no frozen segment file for dataset '{name}'"))
+    if not can(champions):
+        why = champions.why_not((*needs, *or_needs))
+        message = f"dataset '{name}' has no {', '.join(needs)} model to score {what}"
+        if or_needs:
+            message += f", nor an {', '.join(or_needs)} model"
+        raise DatasetChoiceError(message + (f" ({why})" if why else ""), name, able)
+    if champions.has(needs):
+        champions.require(needs)
+        if needs == CUSTOMER_FAMILIES and champions.frozen is None:
+            raise NotReadyError(champions.problems.get("segments", f"no frozen segment file for dataset '{name}'"))
+    if or_needs and champions.has(or_needs):
+        champions.require(or_needs)
+        if champions.suppression_rules is None:
+            raise NotReadyError(champions.problems.get("segments", f"no segment rules for dataset '{name}'"))
     return champions
 
 

@@ -99,11 +99,17 @@ class SegmentRule(_Strict):
         return value
 
 
+DoNotDisturb = Literal["chosen_arm", "any_arm", "every_arm"]
+
+
 class Suppression(_Strict):
     flags: list[str] = Field(default_factory=lambda: ["opted_out", "do_not_contact"])
     refund_within_days: int | None = 30
     complaint_within_days: int | None = 30
     contacted_within_days: int | None = 14
+    # Uplift: suppress a customer whom the recommended arm would put off (chosen_arm: its micro
+    # segment is do_not_disturb), whom any arm would, or every arm; null: never.
+    do_not_disturb: DoNotDisturb | None = "chosen_arm"
 
 
 class SegmentRules(_Strict):
@@ -298,23 +304,7 @@ def assign_columns(scores: pd.DataFrame | Mapping[str, Any], frozen: FrozenSegme
         segment[match], action[match] = rule.name, rule.action
         open_rows &= ~match
 
-    reasons = np.full(n, "", dtype=object)
-
-    def suppress(mask: np.ndarray, reason: str) -> None:
-        fresh = mask & (reasons == "")
-        reasons[fresh] = reason
-
-    for flag in rules.suppression.flags:
-        if flag in scores:
-            suppress(_truthy(scores[flag]), flag.replace("_", " "))
-    for days, name, reason in (
-        (rules.suppression.refund_within_days, "days_since_last_refund", "refund"),
-        (rules.suppression.complaint_within_days, "days_since_last_complaint", "complaint"),
-        (rules.suppression.contacted_within_days, "days_since_last_contact", "contacted"),
-    ):
-        if days is not None and name in scores:
-            with np.errstate(invalid="ignore"):
-                suppress(column(name) <= days, f"{reason} in the last {days} days")
+    reasons = suppression_reasons(scores, rules, n)
     suppressed = reasons != ""
     action = np.where(suppressed, NO_ACTION, action)
     return {
@@ -327,6 +317,30 @@ def assign_columns(scores: pd.DataFrame | Mapping[str, Any], frozen: FrozenSegme
         "suppressed": suppressed,
         "suppression_reason": np.where(suppressed, reasons, np.full(n, None, dtype=object)),
     }
+
+
+def suppression_reasons(facts: pd.DataFrame | Mapping[str, Any], rules: SegmentRules, n: int) -> np.ndarray:
+    """Per customer the first suppression reason that applies ('' for none): the flags, then a refund,
+    complaint or contact within the rules' days. The economic-value segments and the uplift actions
+    (:mod:`serving.uplift`) both read it, so a customer is suppressed for the same reasons in both."""
+    reasons = np.full(n, "", dtype=object)
+    for flag in rules.suppression.flags:
+        if flag in facts:
+            add_reason(reasons, _truthy(facts[flag]), flag.replace("_", " "))
+    for days, name, reason in (
+        (rules.suppression.refund_within_days, "days_since_last_refund", "refund"),
+        (rules.suppression.complaint_within_days, "days_since_last_complaint", "complaint"),
+        (rules.suppression.contacted_within_days, "days_since_last_contact", "contacted"),
+    ):
+        if days is not None and name in facts:
+            with np.errstate(invalid="ignore"):
+                add_reason(reasons, _numbers(facts[name]) <= days, f"{reason} in the last {days} days")
+    return reasons
+
+
+def add_reason(reasons: np.ndarray, mask: np.ndarray, reason: str) -> None:
+    """Give ``reason`` to the customers of ``mask`` that have none yet (the first reason is kept)."""
+    reasons[np.asarray(mask, dtype=bool) & (reasons == "")] = reason
 
 
 def summary(scores: pd.DataFrame) -> dict[str, Any]:

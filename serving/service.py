@@ -8,7 +8,9 @@ and the dataset's latest frozen segment file (:mod:`serving.scoring`). One serve
 dataset at once: a request names its dataset in the field ``dataset`` (default:
 ``VALUECAST_DEFAULT_DATASET``, else the only dataset that can answer that endpoint).
 
-- ``POST /score``: customers with their transactions -> scores, segment and action per customer.
+- ``POST /score``: customers with their transactions -> scores, segment and action per customer;
+  where the dataset has an uplift champion, also the uplift per arm and the next best action
+  (a dataset scored by uplift alone takes each customer's attributes, no transactions).
 - ``POST /score_leads``: leads -> probability, 0-100 score, tier and reasons.
 - ``GET /healthz`` (process up, BentoML's own), ``GET /readyz`` (200 when at least one dataset can
   answer; the body gives each dataset's state), ``GET /models``.
@@ -58,6 +60,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
+from serving import uplift
 from serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
@@ -83,6 +86,7 @@ from serving.api import (
 from serving.scoring import (
     CUSTOMER_FAMILIES,
     LEAD_FAMILIES,
+    UPLIFT_FAMILIES,
     Catalog,
     Champions,
     DatasetChoiceError,
@@ -392,11 +396,11 @@ class ValueService:
             self._load()
         return self.catalog
 
-    def _choose(self, requested: str | None, needs: tuple[str, ...]) -> Champions:
+    def _choose(self, requested: str | None, needs: tuple[str, ...], or_needs: tuple[str, ...] = ()) -> Champions:
         """The dataset's champions for a request; a dataset the request cannot use is a 422 naming
         the field ``dataset`` and the choices."""
         try:
-            return choose_dataset(self._current(), requested, needs)
+            return choose_dataset(self._current(), requested, needs, or_needs)
         except DatasetChoiceError as exc:
             raise BadRequestError(
                 "the request's dataset cannot be used", [{"path": "dataset", "value": exc.value, "reason": str(exc)}]
@@ -507,11 +511,18 @@ class ValueService:
 
     def _score(self, parsed: ScoreRequest) -> JSONResponse:
         try:
-            champions = self._choose(parsed.dataset, CUSTOMER_FAMILIES)
+            champions = self._choose(parsed.dataset, CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
         except NotReadyError as exc:
             return error(503, f"not ready: {exc}")
         as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
-        if clashes := transaction_field_collisions(parsed):
+        if not champions.has(CUSTOMER_FAMILIES):  # uplift alone: customers come as attribute rows
+            return self._score_uplift(parsed, champions, as_of)
+        # An attribute named like a transaction field is refused, unless the dataset's uplift model
+        # reads it (Hillstrom's customer-level `channel`): then it goes to that model only.
+        uplift_reads = (
+            set(uplift.input_columns(uplift.uplift_model(champions))) if champions.has(UPLIFT_FAMILIES) else set()
+        )
+        if clashes := transaction_field_collisions(parsed, allowed=uplift_reads):
             raise BadRequestError("an attribute is named like a transaction field", clashes)
         config = champions.models["clv"].model.dataset_config
         # Plain purchase histories (the usual request) skip pandas: same code underneath, same numbers.
@@ -532,8 +543,13 @@ class ValueService:
             ids = [str(c.customer_id) for c in parsed.customers]
             scored = score_customers(champions, dataset, as_of, ids, attributes=customer_attributes(parsed))
             columns = {c: scored[c].to_numpy() for c in scored.columns}
+        names = [c for c in OUTPUT_COLUMNS if c in columns]
+        if champions.has(UPLIFT_FAMILIES):  # and the uplift columns of the same customers
+            given = _attributes(parsed)
+            columns = _uplift_or_422(champions, parsed, lambda: uplift.score_with_customers(champions, columns, given))
+            names += uplift.response_columns(uplift.uplift_model(champions))
         categories = [c for c in columns if c.startswith("purchase_probability_")]
-        records = column_records(columns, [c for c in OUTPUT_COLUMNS if c in columns])
+        records = column_records(columns, names)
         by_category = column_records(columns, categories)
         for record, per_category in zip(records, by_category, strict=True):
             record["purchase_probability_by_category"] = {
@@ -544,8 +560,37 @@ class ValueService:
                 "dataset": champions.dataset,
                 "as_of": as_of.strftime("%Y-%m-%d"),
                 "customers": records,
-                "models": champions.versions(CUSTOMER_FAMILIES),
+                "models": champions.versions((*CUSTOMER_FAMILIES, *UPLIFT_FAMILIES)),
                 "segment_version": champions.frozen.version if champions.frozen else None,
+            }
+        )
+
+    def _score_uplift(self, parsed: ScoreRequest, champions: Champions, as_of: pd.Timestamp) -> JSONResponse:
+        """A dataset scored by its uplift model alone (Hillstrom): each customer's attributes are a
+        campaign-file row; transactions have nothing to be scored with."""
+        reason = (
+            f"dataset '{champions.dataset}' scores customers from their attributes (its uplift model), "
+            "not from purchase histories: leave out transactions"
+        )
+        sent = [
+            {"path": f"customers[{i}].transactions", "value": None, "reason": reason}
+            for i, customer in enumerate(parsed.customers)
+            if customer.transactions
+        ]
+        if sent:
+            raise BadRequestError("the request has invalid fields", sent)
+        ids = [str(c.customer_id) for c in parsed.customers]
+        scored = _uplift_or_422(
+            champions, parsed, lambda: uplift.score_attributes(champions, ids, _attributes(parsed), as_of)
+        )
+        names = ["customer_id", *uplift.response_columns(uplift.uplift_model(champions)), *uplift.SUPPRESSION_OUTPUT]
+        return JSONResponse(
+            {
+                "dataset": champions.dataset,
+                "as_of": as_of.strftime("%Y-%m-%d"),
+                "customers": column_records({c: scored[c].to_numpy() for c in names}, names),
+                "models": champions.versions(UPLIFT_FAMILIES),
+                "segment_version": None,
             }
         )
 
@@ -600,6 +645,22 @@ class ValueService:
         return JSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
 
 
+def _attributes(parsed: ScoreRequest) -> list[dict[str, Any]]:
+    return [dict(c.attributes) for c in parsed.customers]
+
+
+def _uplift_or_422(champions: Champions, parsed: ScoreRequest, work: Callable[[], Any]) -> Any:
+    """Uplift scoring, its input problems answered 422 naming each attribute."""
+    try:
+        return work()
+    except uplift.AttributeProblemsError as exc:
+        raise BadRequestError("some attributes cannot be used for uplift scoring", exc.problems) from exc
+    except InputRowsError as exc:
+        model = uplift.uplift_model(champions)
+        problems = uplift.row_problems(model, _attributes(parsed), exc.problems)
+        raise BadRequestError("some attributes cannot be used for uplift scoring", problems) from exc
+
+
 @app.api_route(
     "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], include_in_schema=False
 )
@@ -619,6 +680,7 @@ def _readiness(catalog: Catalog) -> dict[str, Any]:
             name: {
                 "customers": c.ready_for_customers,
                 "leads": c.ready_for_leads,
+                "uplift": c.ready_for_uplift,
                 "problems": c.problems,
                 "kept_from_last_load": c.kept,
             }

@@ -74,16 +74,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     """A fresh MLflow store with champions trained on the CDNOW sample (``valuecast-<family>-cdnow_sample``)
     and X Education (``valuecast-lead-score-x_education``), and the CDNOW sample's frozen segment file;
     the variables are set for this process too (in-process scoring reads the same store)."""
-    folder = tmp_path_factory.mktemp("champions")
-    values = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
-        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
-        "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with store_environment(tmp_path_factory.mktemp("champions")) as values:
         from serving.scoring import load_champions, model_scores
         from serving.segments import freeze, load_rules, write_frozen
         from training import tracking
@@ -97,6 +88,22 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         champions = load_champions("cdnow_sample")
         scores, facts = model_scores(champions, load_real("cdnow_sample"), SERVING_AS_OF)
         write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"), "cdnow_sample")
+        yield values
+
+
+@contextmanager
+def store_environment(folder: Path) -> Iterator[dict[str, str]]:
+    """The variables of a fresh MLflow store, artifact, segment and reload-stamp folders under
+    ``folder``, set in this process until the block ends (then the previous values are put back)."""
+    values = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
+        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
+        "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
         yield values
     finally:
         for k, v in saved.items():

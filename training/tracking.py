@@ -611,19 +611,25 @@ def log_batch_run(info: Mapping[str, Any], out: Path) -> str:
             {
                 "as_of": info["as_of"],
                 "dataset": info["dataset"],
-                "segment_version": info["segment_version"],
+                "segment_version": info["segment_version"] or "none",
                 **{f"{family}_version": version for family, version in info["models"].items()},
             }
         )
-        metrics = {
-            "customers": summary["customers"],
-            "suppressed": summary["suppressed"],
-            "tier_a_share_of_value": summary["tier_a_share_of_value"],
-            "tier_a_share_of_customers": summary["tier_a_share_of_customers"],
-            **{f"value_tier_{k}": v for k, v in summary["value_by_tier"].items()},
-            **{f"value_at_risk_tier_{k}": v for k, v in summary["value_at_risk_by_tier"].items()},
-            **{f"segment_{k}": v for k, v in summary["segments"].items()},
-        }
+        metrics = {"customers": summary["customers"], "suppressed": summary["suppressed"]}
+        if "segments" in summary:  # value tiers and segments (not for a dataset scored by uplift alone)
+            metrics |= {
+                "tier_a_share_of_value": summary["tier_a_share_of_value"],
+                "tier_a_share_of_customers": summary["tier_a_share_of_customers"],
+                **{f"value_tier_{k}": v for k, v in summary["value_by_tier"].items()},
+                **{f"value_at_risk_tier_{k}": v for k, v in summary["value_at_risk_by_tier"].items()},
+                **{f"segment_{k}": v for k, v in summary["segments"].items()},
+            }
+        if info.get("uplift"):  # the action mix: customers and expected incremental value per action
+            from training.uplift import arm_slug
+
+            mix = info["uplift"]
+            metrics |= {f"action_{arm_slug(k)}": v for k, v in mix["actions"].items()}
+            metrics |= {f"action_{arm_slug(k)}_value": v for k, v in mix["expected_incremental_value"].items()}
         log_metrics(metrics)
         mlflow.log_artifact(str(out / "report.html"))
         mlflow.log_artifact(str(out / "summary.json"))

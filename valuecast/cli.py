@@ -426,7 +426,8 @@ def score(
     ] = False,
 ) -> None:
     """Score every customer with DATA's own champion models (valuecast-<family>-<dataset>) and segment
-    file: scores, segments, report, lists for CRM tools."""
+    file: scores, segments, report, lists for CRM tools. With an uplift champion, also each customer's
+    next best action (actions/<arm>.csv); a dataset of attribute rows (hillstrom) is scored by it alone."""
     _quiet_libraries()
     _quiet_mlflow()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
