@@ -1,16 +1,26 @@
-"""make refresh: transitions, change files, the history table and atomic OUT."""
+"""make refresh: transitions, change files, the history table, atomic OUT, and webhook delivery against
+a real local HTTP server that fails in the ways networks fail."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from features.config import ConfigError
-from serving import refresh
+from serving import delivery, refresh
 from serving.batch import MARKER
 from serving.refresh import DEPARTED, NEW
 
@@ -160,3 +170,170 @@ def test_a_failed_refresh_leaves_the_previous_output_and_history_intact(
         refresh.write_refresh(out, "shop", DAY2, SECOND)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["refresh"]  # no temporaries left beside it
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+class Receiver:
+    """A webhook receiver that checks signatures, deduplicates by idempotency key and misbehaves on
+    a script: per request number, '500', 'drop' (close without an answer) or 'slow' (apply, then
+    answer after the client's time-out); 'poison' keys always get 500."""
+
+    def __init__(self, script: dict[int, str], poison: set[str] | None = None, slow_seconds: float = 1.0) -> None:
+        self.script, self.poison, self.slow_seconds = script, poison or set(), slow_seconds
+        self.requests = 0
+        self.applied: Counter[str] = Counter()  # key -> times the change was applied (must stay 1)
+        self.received: Counter[str] = Counter()  # key -> times it arrived in any request
+        self.bad_signatures = 0
+        self.lock = threading.Lock()
+
+
+def handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            stamp = self.headers["x-valuecast-timestamp"]
+            expected = "sha256=" + hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+            with receiver.lock:
+                receiver.requests += 1
+                number = receiver.requests
+                if not hmac.compare_digest(expected, self.headers["x-valuecast-signature"]):
+                    receiver.bad_signatures += 1
+            keys = [c["idempotency_key"] for c in json.loads(body)["changes"]]
+            with receiver.lock:
+                receiver.received.update(keys)
+            fault = receiver.script.get(number)
+            if fault == "drop":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault == "500" or receiver.poison & set(keys):
+                self.send_response(500)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            with receiver.lock:  # apply: each key once, whatever arrives again
+                for key in keys:
+                    if key not in receiver.applied:
+                        receiver.applied[key] += 1
+            if fault == "slow":
+                time.sleep(receiver.slow_seconds)  # applied, but the answer comes after the time-out
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    return Handler
+
+
+@contextmanager
+def serving(receiver: Receiver) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(receiver))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fifty_changes() -> pd.DataFrame:
+    before = customers({f"c{i:02d}": ("grow", "B", "low", float(i)) for i in range(50)})
+    after = customers({f"c{i:02d}": ("protect", "A", "high", float(i)) for i in range(50)})
+    return refresh.changes(refresh.normalized(before), refresh.normalized(after), "shop", DAY2, DAY1)
+
+
+def test_delivery_through_500s_timeouts_and_dropped_connections_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    changes = fifty_changes()
+    everyone = set(changes["idempotency_key"])
+    poison = {changes["idempotency_key"].iloc[45]}  # its batch (40-49) never succeeds in the first run
+    receiver = Receiver({1: "500", 2: "drop", 3: "slow", 5: "500", 6: "drop"}, poison=poison)
+    folder = tmp_path / "delivery"
+    waits: list[float] = []
+    with serving(receiver) as url:
+        settings = delivery.settings_from(url, SECRET, batch_size=10, timeout_seconds=0.5, max_attempts=4)
+        assert settings is not None
+        result = delivery.deliver(
+            changes,
+            folder,
+            settings,
+            dataset="shop",
+            as_of="1998-04-01",
+            previous_as_of="1998-01-01",
+            sleep=waits.append,
+        )
+    assert receiver.bad_signatures == 0
+    assert result.delivered == 40 and result.dead_letter == 10
+    dead = [json.loads(line) for line in (folder / delivery.DEAD_LETTER).read_text().splitlines()]
+    dead_keys = {d["change"]["idempotency_key"] for d in dead}
+    ledger = delivery.delivered_keys(folder)
+    assert ledger | dead_keys == everyone and not ledger & dead_keys  # none lost; each in one place
+    assert set(receiver.applied) == ledger  # what the ledger says arrived is what the receiver applied
+    assert max(receiver.applied.values()) == 1
+    assert max(receiver.received.values()) >= 2  # the slow batch arrived twice: its keys made it count once
+    assert dead[0]["error"] == "HTTP 500" and dead[0]["attempts"] == 4
+    assert waits and all(w > 0 for w in waits) and waits[1] > waits[0] * 0.9  # backoff grows (with jitter)
+
+    # the endpoint recovers: a re-run sends only the dead-lettered ones; a third run sends nothing
+    healthy = Receiver({})
+    healthy.applied = receiver.applied
+    with serving(healthy) as url:
+        settings = delivery.settings_from(url, SECRET, batch_size=10, timeout_seconds=0.5, max_attempts=4)
+        assert settings is not None
+        again = delivery.deliver(changes, folder, settings, dataset="shop", as_of="1998-04-01", previous_as_of=None)
+        assert set(healthy.received) == dead_keys
+        assert (again.delivered, again.already_delivered, again.dead_letter) == (10, 40, 0)
+        third = delivery.deliver(changes, folder, settings, dataset="shop", as_of="1998-04-01", previous_as_of=None)
+        assert (third.delivered, third.requests, third.already_delivered) == (0, 0, 50)
+    assert set(healthy.applied) == everyone and max(healthy.applied.values()) == 1
+    assert not (folder / delivery.DEAD_LETTER).exists()
+
+
+def test_an_endpoint_that_is_down_fails_fast_into_the_dead_letter_file(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    settings = delivery.settings_from(url, SECRET, batch_size=10, timeout_seconds=0.5, max_attempts=2)
+    assert settings is not None
+    result = delivery.deliver(
+        fifty_changes(),
+        tmp_path,
+        settings,
+        dataset="shop",
+        as_of="1998-04-01",
+        previous_as_of=None,
+        sleep=lambda _: None,
+    )
+    assert (result.delivered, result.dead_letter) == (0, 50)
+    assert result.requests == 3 * 2  # three batches tried twice each; the other two not attempted
+    lines = (tmp_path / delivery.DEAD_LETTER).read_text().splitlines()
+    assert sum("not attempted: 3 batches in a row failed" in line for line in lines) == 20
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "message"),
+    [
+        ("ftp://example.com/x", SECRET, "must be https://host/path"),
+        ("http://example.com/x", SECRET, "plain http to another machine: use https"),
+        ("https://example.com/x", None, "needs VALUECAST_WEBHOOK_SECRET"),
+        ("https://example.com/x", "short", "VALUECAST_WEBHOOK_SECRET must be 16 to 4096 characters"),
+    ],
+)
+def test_bad_webhook_settings_are_one_clear_line(url: str, secret: str | None, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        delivery.settings_from(url, secret)
+
+
+def test_urls_are_printed_without_credentials_or_query() -> None:
+    shown = delivery.display_url("https://user:pa55@hooks.example.com/in?token=abc")
+    assert shown == "https://***@hooks.example.com/in?***"
+    settings = delivery.settings_from("https://hooks.example.com/in", SECRET)
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
