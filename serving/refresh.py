@@ -286,19 +286,19 @@ def check_out(out: Path, dataset: str, as_of: pd.Timestamp, force: bool) -> pd.T
             info = json.loads(marker.read_text())
         except ValueError as exc:
             raise ConfigError(f"{marker}: not valid JSON ({exc}); remove OUT={out} or choose another OUT") from exc
+        info = info if isinstance(info, dict) else {"unreadable": True}
     if info.get("kind") != KIND or info.get("dataset") != dataset:
         if force or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
             return None  # replaced by a new history
-        what = (
-            f"the refreshes of dataset '{info['dataset']}'"
-            if info.get("kind") == KIND
-            else "another command's output"
-            if info
-            else "not a valuecast output folder"
-        )
+        if info.get("kind") == KIND:
+            what = f"holds the refreshes of dataset '{info.get('dataset')}'"
+        elif info:
+            what = "holds another command's output (make score?)"
+        else:
+            what = f"is not a valuecast output folder (no {MARKER} in it)"
         raise ConfigError(
-            f"OUT={out} holds {what}, not refreshes of '{dataset}': choose another OUT "
-            "(default out/refresh/<dataset>), or start a new history there with FORCE=1"
+            f"OUT={out} {what}, not refreshes of '{dataset}': choose another OUT (default out/refresh/<dataset>), "
+            "or start a new history there with FORCE=1, which replaces it"
         )
     dates = refreshes_in(out)
     if dates and as_of < dates[-1]:
@@ -516,7 +516,8 @@ def matrix_text(result: RefreshResult) -> str:
         f"({s['customers_previous']:,} before), {s['new']:,} new, {s['departed']:,} departed, "
         f"{s['changed_segment']:,} changed segment",
         "",
-        "transitions (rows: from, columns: to; customers)",
+        f"transitions (rows: from, columns: to; customers, {s['customers_either']:,} in all: "
+        "the customers of either date)",
         transition_matrix(result.transitions).to_string(),
         "",
         f"{'segment':<16} {'entered':>8} {'left':>8}",

@@ -18,12 +18,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from features.config import ConfigError
 from serving import delivery, refresh
 from serving.batch import MARKER
 from serving.refresh import DEPARTED, NEW
+from valuecast.cli import app
 
+runner = CliRunner()
 DAY1, DAY2, DAY3 = pd.Timestamp("1998-01-01"), pd.Timestamp("1998-04-01"), pd.Timestamp("1998-07-01")
 
 
@@ -297,6 +300,27 @@ def test_delivery_through_500s_timeouts_and_dropped_connections_loses_and_duplic
     assert not (folder / delivery.DEAD_LETTER).exists()
 
 
+def test_running_a_refresh_again_keeps_its_ledger_and_delivers_nothing_twice(tmp_path: Path) -> None:
+    out, receiver = tmp_path / "refresh", Receiver({})
+    with serving(receiver) as url:
+        settings = delivery.settings_from(url, SECRET, batch_size=2)
+        assert settings is not None
+        for run in range(2):  # the same refresh twice: OUT is replaced, its delivery ledger carried over
+            result = refresh.write_refresh(out, "shop", DAY1, FIRST)
+            sent = delivery.deliver(
+                result.changes,
+                result.folder / "delivery",
+                settings,
+                dataset="shop",
+                as_of="1998-01-01",
+                previous_as_of=None,
+            )
+            assert (sent.delivered, sent.already_delivered) == ((3, 0) if run == 0 else (0, 3))
+        result = refresh.write_refresh(out, "shop", DAY2, SECOND)
+    assert receiver.requests == 2 and max(receiver.received.values()) == 1
+    assert delivery.delivered_keys(out / "refreshes" / "1998-01-01" / "delivery") == set(receiver.applied)
+
+
 def test_an_endpoint_that_is_down_fails_fast_into_the_dead_letter_file(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -337,3 +361,57 @@ def test_urls_are_printed_without_credentials_or_query() -> None:
     assert shown == "https://***@hooks.example.com/in?***"
     settings = delivery.settings_from("https://hooks.example.com/in", SECRET)
     assert SECRET not in repr(settings) and SECRET not in str(settings)
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(delivery.SECRET_ENV, raising=False)
+    result = runner.invoke(
+        app, ["refresh", "--data", "cdnow_sample", "--out", str(tmp_path / "r"), "--webhook", "https://u:p@h.example/x"]
+    )
+    assert result.exit_code == 2
+    assert "needs VALUECAST_WEBHOOK_SECRET" in result.output and "u:p" not in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["refresh", "--data", "cdnow_sample", "--as-of", "1998/01/01"])
+    assert result.exit_code == 2 and "AS_OF='1998/01/01' is not a date" in result.output
+
+
+@pytest.mark.slow
+def test_make_refresh_on_the_cdnow_sample_at_three_dates(
+    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's 'must be shown' on the 1/10 sample: three refreshes through the command, each matrix
+    summing to the customers of both dates, change files agreeing with it, the history returning each
+    customer's path, and the last refresh's changes delivered to a local webhook."""
+    from features.config import load_dataset_config
+    from features.io import load_dataset
+    from serving.batch import score_dataset
+    from serving.scoring import load_champions
+
+    out = tmp_path / "refresh"
+    receiver = Receiver({1: "500", 2: "drop"})
+    monkeypatch.setenv(delivery.SECRET_ENV, SECRET)
+    with serving(receiver) as url:
+        for day, hook in (("1998-01-01", []), ("1998-04-01", []), ("1998-07-01", ["--webhook", url])):
+            result = runner.invoke(app, ["refresh", "--data", "cdnow_sample", "--as-of", day, "--out", str(out), *hook])
+            assert result.exit_code == 0, result.output
+            folder = out / "refreshes" / day
+            matrix = change_files_agree_with(folder)
+            summary = json.loads((folder / "summary.json").read_text())
+            assert matrix.to_numpy().sum() == summary["customers_either"] == 2_357  # the sample's cohort: no one new
+            assert "customers, 2,357 in all: the customers of either date" in result.output
+    assert "delivered" in result.output and receiver.bad_signatures == 0
+    last = pd.read_csv(out / "refreshes" / "1998-07-01" / "changes.csv", dtype={"customer_id": str})
+    assert set(receiver.applied) == set(last["idempotency_key"]) and max(receiver.applied.values()) == 1
+
+    # the history's last partition is make score's segment of each customer, and the paths read back
+    dataset = load_dataset(load_dataset_config("cdnow_sample"))
+    scored = score_dataset(load_champions("cdnow_sample"), dataset, pd.Timestamp("1998-07-01"))
+    paths = refresh.customer_paths(out)
+    assert list(paths.columns) == ["1998-01-01", "1998-04-01", "1998-07-01"] and len(paths) == 2_357
+    assert paths["1998-07-01"].to_dict() == scored.set_index("customer_id")["segment"].to_dict()
+    moved = last["customer_id"].iloc[0]
+    row = last.iloc[0]
+    assert paths.loc[moved, "1998-04-01"] == row["previous_segment"]
+    assert paths.loc[moved, "1998-07-01"] == row["new_segment"]
+    shown = runner.invoke(app, ["paths", "--data", "cdnow_sample", "--out", str(out), "--customer", moved])
+    assert shown.exit_code == 0 and row["new_segment"] in shown.output
