@@ -536,6 +536,7 @@ def refresh(
             fail(f"{exc}. Train the models first: make train DATA={data}")
     typer.echo(matrix_text(result))
     typer.echo(f"\nwrote {result.folder} and history/as_of={result.as_of:%Y-%m-%d} in {target}")
+    typer.echo(f"models {result.summary['models']}, segment file {result.summary['segment_file']}")
     if settings is not None:
         typer.echo(f"delivering {len(result.changes):,} change(s) to {delivery.display_url(settings.url)}", err=True)
         delivered = delivery.deliver(
