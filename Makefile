@@ -129,7 +129,7 @@ refresh: setup ## Score DATA as of AS_OF and compare with its previous refresh i
 
 .PHONY: paths
 paths: setup ## Each CUSTOMER's segment at every refresh of DATA (CUSTOMER=id or "id1 id2"), from OUT's history
-	@test -n "$(CUSTOMER)" || { echo "error: set CUSTOMER=<id>, e.g. make paths DATA=cdnow CUSTOMER=1"; exit 2; }
+	@test -n "$(CUSTOMER)" || { echo "error: set CUSTOMER=<id>, e.g. make paths DATA=cdnow CUSTOMER=00001"; exit 2; }
 	$(VALUECAST) paths --data $(DATA) $(if $(OUT),--out $(OUT),) $(foreach c,$(CUSTOMER),--customer $(c))
 
 .PHONY: segments

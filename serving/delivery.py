@@ -158,9 +158,10 @@ def delivered_keys(folder: Path) -> set[str]:
 
 def _records(changes: pd.DataFrame) -> list[dict[str, Any]]:
     def plain(value: Any) -> Any:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return None
-        return value.item() if hasattr(value, "item") else value
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars to Python
+        if isinstance(value, float) and not math.isfinite(value):
+            return None  # JSON has no NaN or infinity
+        return value
 
     return [{k: plain(v) for k, v in row.items()} for row in changes.to_dict(orient="records")]
 
