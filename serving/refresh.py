@@ -24,12 +24,14 @@ failed run leaves the previous OUT, history included, as it was.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +310,33 @@ def check_out(out: Path, dataset: str, as_of: pd.Timestamp, force: bool) -> pd.T
         )
     earlier = [d for d in dates if d < as_of]
     return earlier[-1] if earlier else None
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold OUT for one refresh at a time (scoring, writing and delivery): two runs at once would each
+    carry over the history without the other's partition, and could both send the same changes. The
+    lock file ``.<OUT>.lock`` stays beside OUT; the lock goes with the process, even after kill -9."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"another refresh of OUT={out} is running ({holder}): wait for it to finish, or use another OUT"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def partition(out: Path, as_of: pd.Timestamp) -> Path:

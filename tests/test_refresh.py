@@ -175,6 +175,17 @@ def test_a_failed_refresh_leaves_the_previous_output_and_history_intact(
     assert [p.name for p in tmp_path.iterdir()] == ["refresh"]  # no temporaries left beside it
 
 
+def test_one_refresh_of_an_out_at_a_time(tmp_path: Path) -> None:
+    out = tmp_path / "refresh"
+    with refresh.exclusive(out):
+        result = runner.invoke(app, ["refresh", "--data", "cdnow_sample", "--as-of", "1998-01-01", "--out", str(out)])
+        assert result.exit_code == 2
+        assert f"another refresh of OUT={out} is running (pid " in result.output
+        assert not out.exists()
+    with refresh.exclusive(out):  # released: the next one goes ahead
+        pass
+
+
 # --- delivery -----------------------------------------------------------------------------------
 
 SECRET = "test-secret-0123456789abcdef"

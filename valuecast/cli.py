@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from features.io import Dataset
+    from serving.delivery import WebhookSettings
 
 app = typer.Typer(
     help="valuecast: customer and lead value from your own data.",
@@ -510,9 +511,7 @@ def refresh(
     _quiet_mlflow()
     from features.pipeline import default_as_of
     from serving import delivery
-    from serving.refresh import check_out, default_out, matrix_text
-    from serving.refresh import refresh as run_refresh
-    from serving.scoring import NotReadyError
+    from serving.refresh import default_out, exclusive
 
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
@@ -527,13 +526,32 @@ def refresh(
         name = dataset.config.name
         target = out if out is not None else default_out(name)
         day = cutoff if cutoff is not None else default_as_of(dataset)
-        check_out(target, name, day, force)  # before minutes of scoring, not after
-        champions = _dataset_champions(name)
-        try:
-            with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
-                result = run_refresh(champions, dataset, target, as_of=day, force=force)
-        except NotReadyError as exc:
-            fail(f"{exc}. Train the models first: make train DATA={data}")
+        with exclusive(target):
+            _refresh_and_deliver(data, dataset, target, day, force, settings)
+
+
+def _refresh_and_deliver(
+    data: str,
+    dataset: Dataset,
+    target: Path,
+    day: pd.Timestamp,
+    force: bool,
+    settings: WebhookSettings | None,
+) -> None:
+    """The refresh command's steps while it holds OUT."""
+    from serving import delivery
+    from serving.refresh import check_out, matrix_text
+    from serving.refresh import refresh as run_refresh
+    from serving.scoring import NotReadyError
+
+    name = dataset.config.name
+    check_out(target, name, day, force)  # before minutes of scoring, not after
+    champions = _dataset_champions(name)
+    try:
+        with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
+            result = run_refresh(champions, dataset, target, as_of=day, force=force)
+    except NotReadyError as exc:
+        fail(f"{exc}. Train the models first: make train DATA={data}")
     typer.echo(matrix_text(result))
     typer.echo(f"\nwrote {result.folder} and history/as_of={result.as_of:%Y-%m-%d} in {target}")
     typer.echo(f"models {result.summary['models']}, segment file {result.summary['segment_file']}")
