@@ -39,6 +39,11 @@ VERSION ?=
 UI_PORT ?= 5000
 JSON ?=
 FORCE ?=
+WEBHOOK ?=
+CUSTOMER ?=
+# The webhook URL reaches the command through the environment, not its arguments: make prints each
+# command and ps shows arguments, and the URL may hold a token.
+export WEBHOOK
 
 as_of_arg = $(if $(AS_OF),--as-of $(AS_OF),)
 force_arg = $(if $(filter 1 yes true,$(FORCE)),--force,)
@@ -56,7 +61,8 @@ help: ## List the targets and their variables
 	@echo "           AS_OF=YYYY-MM-DD  OUT=<file>  HORIZON_DAYS=N (default 90)  CUTOFFS=N (latest N monthly cut-offs)"
 	@echo "           BENCH_CUSTOMERS=N (default 1000000)  MODEL=<family>  CONFIG=<yaml>  TRIALS=N  EXPERIMENT=<name>"
 	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)  JSON=1 (models)"
-	@echo "           FORCE=1 (score: replace an OUT that is not valuecast's output)"
+	@echo "           FORCE=1 (score, refresh: replace an OUT that is not valuecast's output)"
+	@echo "           WEBHOOK=<url> (refresh: deliver the changes; secret in VALUECAST_WEBHOOK_SECRET)  CUSTOMER=<id> (paths)"
 	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data); the API: VALUECAST_DATASETS, VALUECAST_DEFAULT_DATASET"
 
 $(UV):
@@ -116,6 +122,15 @@ train: setup ## Train MODEL (churn|propensity|lead_score|clv|uplift|all, default
 score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists; with an uplift champion the next best action and actions/<arm>.csv); FORCE=1 replaces an OUT valuecast did not write
 	@test -n "$(OUT)" || { echo "error: set OUT=<folder>, e.g. make score DATA=cdnow OUT=out/scores"; exit 2; }
 	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE) $(force_arg)
+
+.PHONY: refresh
+refresh: setup ## Score DATA as of AS_OF and compare with its previous refresh in OUT (default out/refresh/<dataset>): transitions, CRM change files, history; WEBHOOK=<url> delivers the changes
+	$(if $(WEBHOOK),VALUECAST_WEBHOOK_URL="$$WEBHOOK",) $(VALUECAST) refresh --data $(DATA) $(as_of_arg) $(if $(OUT),--out $(OUT),) $(force_arg)
+
+.PHONY: paths
+paths: setup ## Each CUSTOMER's segment at every refresh of DATA (CUSTOMER=id or "id1 id2"), from OUT's history
+	@test -n "$(CUSTOMER)" || { echo "error: set CUSTOMER=<id>, e.g. make paths DATA=cdnow CUSTOMER=00001"; exit 2; }
+	$(VALUECAST) paths --data $(DATA) $(if $(OUT),--out $(OUT),) $(foreach c,$(CUSTOMER),--customer $(c))
 
 .PHONY: segments
 segments: setup ## Score DATA with its champions and freeze its tier cut-offs (segments/<dataset>/*.json) for API and batch

@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from features.io import Dataset
+    from serving.delivery import WebhookSettings
 
 app = typer.Typer(
     help="valuecast: customer and lead value from your own data.",
@@ -477,6 +478,119 @@ def score(
     if result.leads is not None:
         typer.echo(f"scored {len(result.leads):,} leads")
     typer.echo(summary_table(result))
+
+
+@app.command()
+def refresh(
+    data: DataOption,
+    as_of: AsOfOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder of this dataset's refreshes (default out/refresh/<dataset>).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Start a new history in OUT even when it holds something else (it is replaced).")
+    ] = False,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VALUECAST_WEBHOOK_URL",
+            help="Deliver the changes to this URL (https; http only to localhost), signed with the secret of "
+            "VALUECAST_WEBHOOK_SECRET.",
+        ),
+    ] = None,
+    webhook_batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Changes per request.")] = 100,
+    webhook_timeout: Annotated[float, typer.Option(min=0.1, max=300, help="Seconds to wait for an answer.")] = 10.0,
+    webhook_attempts: Annotated[int, typer.Option(min=1, max=20, help="Attempts per batch before it fails.")] = 5,
+) -> None:
+    """Score DATA as of AS_OF with its champions and compare with the previous refresh in OUT: transition
+    matrix, change files for CRM import (who entered and left each segment, and why) and the history of
+    every refresh (a Parquet table partitioned by as_of). With a webhook, the changes are delivered too,
+    each at most once."""
+    import os
+
+    _quiet_libraries()
+    _quiet_mlflow()
+    from features.pipeline import default_as_of
+    from serving import delivery
+    from serving.refresh import default_out, exclusive
+
+    cutoff = parse_date(as_of, "AS_OF")
+    with user_errors():
+        settings = delivery.settings_from(
+            webhook,
+            os.environ.get(delivery.SECRET_ENV),
+            batch_size=webhook_batch_size,
+            timeout_seconds=webhook_timeout,
+            max_attempts=webhook_attempts,
+        )
+        dataset = _load(data, None)
+        name = dataset.config.name
+        target = out if out is not None else default_out(name)
+        day = cutoff if cutoff is not None else default_as_of(dataset)
+        with exclusive(target):
+            _refresh_and_deliver(data, dataset, target, day, force, settings)
+
+
+def _refresh_and_deliver(
+    data: str,
+    dataset: Dataset,
+    target: Path,
+    day: pd.Timestamp,
+    force: bool,
+    settings: WebhookSettings | None,
+) -> None:
+    """The refresh command's steps while it holds OUT."""
+    from serving import delivery
+    from serving.refresh import check_out, matrix_text
+    from serving.refresh import refresh as run_refresh
+    from serving.scoring import NotReadyError
+
+    name = dataset.config.name
+    check_out(target, name, day, force)  # before minutes of scoring, not after
+    champions = _dataset_champions(name)
+    try:
+        with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
+            result = run_refresh(champions, dataset, target, as_of=day, force=force)
+    except NotReadyError as exc:
+        fail(f"{exc}. Train the models first: make train DATA={data}")
+    typer.echo(matrix_text(result))
+    typer.echo(f"\nwrote {result.folder} and history/as_of={result.as_of:%Y-%m-%d} in {target}")
+    typer.echo(f"models {result.summary['models']}, segment file {result.summary['segment_file']}")
+    if settings is not None:
+        typer.echo(f"delivering {len(result.changes):,} change(s) to {delivery.display_url(settings.url)}", err=True)
+        delivered = delivery.deliver(
+            result.changes,
+            result.folder / "delivery",
+            settings,
+            dataset=name,
+            as_of=result.summary["as_of"],
+            previous_as_of=result.summary["previous_as_of"],
+            echo=lambda m: typer.echo(m, err=True),
+        )
+        typer.echo(delivered.line())
+        if delivered.dead_letter:
+            raise typer.Exit(4)
+
+
+@app.command()
+def paths(
+    data: DataOption,
+    customer: Annotated[list[str], typer.Option(help="A customer id (repeat the option for more).")],
+    out: Annotated[Path | None, typer.Option(help="Folder of the refreshes (default out/refresh/<dataset>).")] = None,
+) -> None:
+    """Each customer's segment at every refresh of DATA, read back from the history table."""
+    from features.config import load_dataset_config
+    from serving.refresh import customer_paths, default_out
+
+    with user_errors():
+        name = load_dataset_config(data).name
+        table = customer_paths(out if out is not None else default_out(name), customer)
+    unknown = sorted(set(customer) - set(table.index))
+    if len(table):
+        with pd.option_context("display.width", 250, "display.max_columns", 60):
+            typer.echo(table.fillna("-").to_string())
+    if unknown:
+        fail(f"customer(s) {', '.join(unknown[:10])} not in any refresh of '{name}': check the id")
 
 
 FamilyOption = Annotated[str, typer.Option("--model", "-m", help="Model family: churn, propensity, clv, lead_score...")]
