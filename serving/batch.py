@@ -376,7 +376,9 @@ def figures(scores: pd.DataFrame) -> dict[str, Figure]:
     return made
 
 
-def report_html(scores: pd.DataFrame, figures_made: dict[str, Figure], info: dict[str, Any]) -> str:
+def report_html(
+    scores: pd.DataFrame, figures_made: dict[str, Figure], info: dict[str, Any], images: dict[str, str] | None = None
+) -> str:
     table = pd.DataFrame(
         {
             "customers": scores.groupby("segment").size(),
@@ -407,8 +409,17 @@ def report_html(scores: pd.DataFrame, figures_made: dict[str, Figure], info: dic
         parts.append(
             f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>"
         )
+    parts += logged_images(images or {})
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def logged_images(images: dict[str, str]) -> list[str]:
+    """Figures a model's training run logged (base64 PNG by title), e.g. the uplift champion's Qini curves."""
+    return [
+        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+        for title, png in images.items()
+    ]
 
 
 def segment_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: Path) -> dict[str, int]:
@@ -562,7 +573,8 @@ def _score_into(
     made = figures(scores)
     if "uplift" in info:
         made["Next best action"] = action_figure(info["uplift"])
-    (work / "report.html").write_text(report_html(scores, made, info))
+    images = uplift.qini_images(champions) if "uplift" in info else {}
+    (work / "report.html").write_text(report_html(scores, made, info, images))
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, leads, info, segment_file
 
@@ -623,7 +635,8 @@ def _score_uplift_into(
     write_csv(scores, work / "scores.csv")
     info["action_lists"] = action_lists(scores, customer_table(dataset), work / "actions")
     info["quarantined"] = write_quarantine(dataset, work)
-    (work / "report.html").write_text(uplift_report_html(mix, {"Next best action": action_figure(mix)}, info))
+    report = uplift_report_html(mix, {"Next best action": action_figure(mix)}, info, uplift.qini_images(champions))
+    (work / "report.html").write_text(report)
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, info
 
@@ -706,7 +719,9 @@ def action_mix_html(mix: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def uplift_report_html(mix: dict[str, Any], figures_made: dict[str, Figure], info: dict[str, Any]) -> str:
+def uplift_report_html(
+    mix: dict[str, Any], figures_made: dict[str, Figure], info: dict[str, Any], images: dict[str, str] | None = None
+) -> str:
     """The report of a dataset scored by the uplift model alone."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>valuecast: next best action report</title>",
@@ -718,6 +733,7 @@ def uplift_report_html(mix: dict[str, Any], figures_made: dict[str, Figure], inf
     ]
     for title, figure in figures_made.items():
         parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>")
+    parts += logged_images(images or {})
     parts.append("</body></html>")
     return "\n".join(parts)
 

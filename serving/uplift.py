@@ -334,3 +334,30 @@ def row_problems(
                 value = attributes[at].get(problem.column)
             found.append({"path": path, "value": value, "reason": f"{problem.reason}; {problem.fix}"})
     return found
+
+
+def qini_images(champions: Champions) -> dict[str, str]:
+    """The uplift champion's Qini curves as its training run logged them (``figures/qini_curve*.png``),
+    base64-encoded by title, for the batch report. A run without them gives none; the report says so
+    by their absence rather than failing the batch."""
+    import base64
+    from pathlib import Path
+
+    import mlflow
+
+    from training import tracking
+
+    served = champions.models.get(FAMILY)
+    if served is None:
+        return {}
+    client = tracking.connect()
+    images: dict[str, str] = {}
+    for item in client.list_artifacts(served.run_id, "figures"):
+        name = item.path.rsplit("/", 1)[-1]
+        if not (name.startswith("qini_curve") and name.endswith(".png")):
+            continue
+        local = mlflow.artifacts.download_artifacts(run_id=served.run_id, artifact_path=item.path)
+        which = name.removeprefix("qini_curve").removesuffix(".png").strip("_").replace("_", " ")
+        title = f"Qini curve, {which}" if which else "Qini curve, primary arm and outcome"
+        images[title] = base64.b64encode(Path(local).read_bytes()).decode("ascii")
+    return images

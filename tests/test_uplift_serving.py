@@ -178,7 +178,9 @@ def test_batch_writes_the_action_mix_and_one_list_per_action(hillstrom_batch: tu
         assert listed["expected_incremental_value"].is_monotonic_decreasing
     assert not (out / "actions" / "no_action.csv").exists()
     assert "next best action" in printed and f"{counts['Mens E-Mail']:,}" in printed
-    assert "Next best action" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "Next best action" in report
+    assert "<h2>Qini curve, primary arm and outcome</h2><img" in report  # the champion's, from its run
 
 
 @pytest.mark.parametrize(
