@@ -197,7 +197,7 @@ bench-train: setup ## make train MODEL=all DATA=cdnow against a temporary MLflow
 	$(BIN)/python -m benchmarks.bench_train --data cdnow
 
 .PHONY: bench-serve
-bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow models serve; a 1,000-customer request
+bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow models serve; a 1,000-customer request; 30 s with reloads every 2 s
 	$(BIN)/python -m benchmarks.bench_serve --clients 16 --duration 10 --rounds 3
 
 .PHONY: bench-score

@@ -124,6 +124,33 @@ async def load(url: str, bodies: list[Any], clients: int, duration: float) -> di
     }
 
 
+async def load_with_reloads(
+    base: str, bodies: list[Any], clients: int, duration: float, every: float
+) -> tuple[dict[str, float], list[float], int]:
+    """:func:`load` on /score while another client posts /reload every ``every`` seconds (issue 14:
+    0 errors during reloads). Returns the load figures, each reload's seconds and failed reloads."""
+    seconds: list[float] = []
+    failed = 0
+
+    async def reloader() -> None:
+        nonlocal failed
+        deadline = time.perf_counter() + duration
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            while time.perf_counter() + every < deadline:
+                await asyncio.sleep(every)
+                began = time.perf_counter()
+                try:
+                    async with session.post(f"{base}/reload") as answer:
+                        await answer.read()
+                        failed += answer.status != 200
+                except (aiohttp.ClientError, TimeoutError):
+                    failed += 1
+                seconds.append(time.perf_counter() - began)
+
+    figures, _ = await asyncio.gather(load(f"{base}/score", bodies, clients, duration), reloader())
+    return figures, seconds, failed
+
+
 def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -152,6 +179,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round and server")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--reload-every", type=float, default=2.0, help="seconds between reloads in the final 30 s (0: skip)"
+    )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("VALUECAST_WORKERS", "2")))
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -230,6 +260,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (url, bodies) in targets.items():
                 rounds[name].append(asyncio.run(load(url, bodies, args.clients, args.duration)))
+        reloading = None
+        if args.reload_every > 0:
+            reloading = asyncio.run(
+                load_with_reloads(ours_base, targets["valuecast /score"][1], args.clients, 30.0, args.reload_every)
+            )
         big = {"as_of": AS_OF, "customers": customers(1000, seed=1)}
         timings = []
         with httpx.Client(timeout=60) as session:
@@ -269,6 +304,14 @@ def main() -> None:
         f"errors {ours['errors']:.0f} (target 0)"
     )
     print(f"1,000 customers in one request: {big_ms:.0f} ms (best of 5; target < 250)")
+    if reloading is not None:
+        figures, reload_seconds, failed = reloading
+        print(
+            f"30 s of {args.clients} clients with POST /reload every {args.reload_every:g} s: "
+            f"{figures['requests']:,.0f} requests, {figures['errors']:.0f} errors (target 0); "
+            f"{len(reload_seconds)} reloads, {failed} failed, median {np.median(reload_seconds) * 1000:.0f} ms, "
+            f"slowest {max(reload_seconds) * 1000:.0f} ms"
+        )
     print(
         f"requests/s vs mlflow models serve: {ours['rps'] / theirs['rps']:.2f}x of the medians, per round "
         f"{', '.join(f'{r:.2f}x' for r in ratios)} (target >= 3x)"
