@@ -127,6 +127,10 @@ score: setup ## Score every customer of DATA with DATA's champions into OUT/ (sc
 refresh: setup ## Score DATA as of AS_OF and compare with its previous refresh in OUT (default out/refresh/<dataset>): transitions, CRM change files, history; WEBHOOK=<url> delivers the changes
 	$(if $(WEBHOOK),VALUECAST_WEBHOOK_URL="$$WEBHOOK",) $(VALUECAST) refresh --data $(DATA) $(as_of_arg) $(if $(OUT),--out $(OUT),) $(force_arg)
 
+.PHONY: retrain
+retrain: setup ## Retrain the families the latest refresh of DATA flagged for drift or age (ALL=1: every customer family); promoted only through the gate
+	$(VALUECAST) retrain --data $(DATA) $(if $(OUT),--out $(OUT),) $(if $(ALL),--all,)
+
 .PHONY: paths
 paths: setup ## Each CUSTOMER's segment at every refresh of DATA (CUSTOMER=id or "id1 id2"), from OUT's history
 	@test -n "$(CUSTOMER)" || { echo "error: set CUSTOMER=<id>, e.g. make paths DATA=cdnow CUSTOMER=00001"; exit 2; }

@@ -42,6 +42,7 @@ import pandas as pd
 from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
+from serving import drift
 from serving.batch import MARKER, atomic_folder, inside, load_or_freeze, model_scores_of_dataset, recover, write_csv
 from serving.scoring import CUSTOMER_FAMILIES, Champions, NotReadyError, with_segments
 from serving.segments import FrozenSegments, _tier
@@ -533,7 +534,41 @@ def refresh(
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
     check_out(out, name, as_of, force)  # before minutes of scoring, not after; write_refresh checks again
     current, info = score_for_refresh(champions, dataset, as_of, progress)
+    info["drift"] = drift.summary(drift.measure(champions, dataset, as_of))
+    log_drift(name, as_of, info["drift"])
     return write_refresh(out, name, as_of, current, force=force, info=info)
+
+
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_.\- /]")
+
+
+def log_drift(dataset: str, as_of: pd.Timestamp, section: dict[str, Any]) -> None:
+    """One MLflow run per refresh (experiment ``refresh-<dataset>``) with every PSI as a metric and the
+    recommendation as tags, so that the UI shows drift beside the models."""
+    from training import tracking
+
+    tags = {
+        "dataset": dataset,
+        "as_of": f"{as_of:%Y-%m-%d}",
+        "retrain_recommended": ",".join(section["retrain_recommended"]),
+    }
+    with tracking.run(f"refresh-{dataset}", f"refresh | {dataset} | {as_of:%Y-%m-%d}", tags):
+        for family, facts in section["families"].items():
+            tracking.log_metrics(
+                {_METRIC_NAME.sub("_", f"psi_{family}_{key}"): value for key, value in facts["psi"].items()}
+                | {f"age_days_{family}": facts["age_days"]}
+            )
+            if facts["reasons"]:
+                tracking.set_tags({f"retrain_{family}": "; ".join(facts["reasons"])[:5000]})
+
+
+def latest_drift(out: Path) -> dict[str, Any] | None:
+    """The drift section of the newest refresh in ``out`` (None when there is no refresh yet)."""
+    days = refreshes_in(Path(out))
+    if not days:
+        return None
+    summary = json.loads((Path(out) / "refreshes" / f"{days[-1]:%Y-%m-%d}" / "summary.json").read_text())
+    return summary.get("drift")
 
 
 def matrix_text(result: RefreshResult) -> str:

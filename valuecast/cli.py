@@ -531,6 +531,41 @@ def refresh(
             _refresh_and_deliver(data, dataset, target, day, force, settings)
 
 
+@app.command()
+def retrain(
+    data: DataOption,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder of this dataset's refreshes (default out/refresh/<dataset>).")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Retrain every customer family, drifted or not.")] = False,
+) -> None:
+    """Retrain the families whose inputs, scores or age the latest refresh of DATA flagged (make refresh
+    first); each new version is promoted only through the usual gate (it must beat the baselines and
+    the current champion on the same test rows)."""
+    _quiet_libraries()
+    _quiet_mlflow()
+    from serving.refresh import default_out, latest_drift
+    from serving.scoring import CUSTOMER_FAMILIES
+    from training.run import train_and_log
+
+    with user_errors():
+        from features.config import load_dataset_config
+
+        name = load_dataset_config(data).name
+        section = latest_drift(out if out is not None else default_out(name))
+        if section is None and not every:
+            fail(f"no refresh of {name} yet: run make refresh DATA={data} first (or retrain everything with --all)")
+        chosen = list(CUSTOMER_FAMILIES) if every else list(section["retrain_recommended"] if section else [])
+        if not chosen:
+            typer.echo(f"nothing to retrain: the latest refresh of {name} found no drift above the thresholds")
+            return
+        for family in chosen:
+            reasons = "; ".join(section["families"].get(family, {}).get("reasons", [])) if section else "--all"
+            typer.echo(f"retraining {family} on {name} ({reasons or 'asked for'})")
+            outcome = train_and_log(family, data, echo=lambda m: typer.echo(f"  {m}", err=True))
+            typer.echo(f"  {outcome.promotion.message()}")
+
+
 def _refresh_and_deliver(
     data: str,
     dataset: Dataset,
@@ -554,6 +589,13 @@ def _refresh_and_deliver(
     except NotReadyError as exc:
         fail(f"{exc}. Train the models first: make train DATA={data}")
     typer.echo(matrix_text(result))
+    from serving import drift
+
+    typer.echo("")
+    for line in drift.lines(result.summary["drift"]):
+        typer.echo(line)
+    if result.summary["drift"]["retrain_recommended"]:
+        typer.echo(f"retrain: make retrain DATA={data}")
     typer.echo(f"\nwrote {result.folder} and history/as_of={result.as_of:%Y-%m-%d} in {target}")
     typer.echo(f"models {result.summary['models']}, segment file {result.summary['segment_file']}")
     if settings is not None:

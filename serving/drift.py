@@ -1,0 +1,154 @@
+"""Drift of the champions' inputs and scores, measured at each refresh (issue 16, item 5).
+
+For every customer model a dataset serves (churn, propensity, CLV), the reference is what the model
+was trained on: its inputs as of its latest training cut-off (read from the run's ``train_cutoffs``
+parameter) computed from the same transaction log. The refresh's population as of the new date is
+compared with it by the population stability index (PSI) of every model input and of the model's
+score; the champion's age is compared with a maximum. Above the thresholds the refresh says "retrain
+recommended" and why; ``make retrain`` retrains those families through the usual promotion gate.
+
+PSI: bins are the reference's deciles (distinct values for a column with few of them), shares are
+smoothed by 1e-4 so an empty bin does not make it infinite. Customary reading: below 0.1 stable,
+0.1-0.25 some shift, above 0.25 a shift worth a retrain (the default threshold).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.io import Dataset
+from serving.scoring import CUSTOMER_FAMILIES, Champions, Served
+
+PSI_THRESHOLD = 0.25
+SCORE_PSI_THRESHOLD = 0.25
+MAX_AGE_DAYS = 180
+SMOOTHING = 1e-4
+_LAST_TRAIN_CUTOFF = re.compile(r"train cut-offs \d{4}-\d{2}-\d{2}\.\.(\d{4}-\d{2}-\d{2})")
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``current`` against ``reference`` (missing values are a bin)."""
+    reference = np.asarray(reference, dtype=float)
+    current = np.asarray(current, dtype=float)
+    known = reference[np.isfinite(reference)]
+    distinct = np.unique(known)
+    if len(distinct) <= bins:
+        edges = (distinct[:-1] + distinct[1:]) / 2 if len(distinct) > 1 else np.array([])
+    else:
+        edges = np.unique(np.quantile(known, np.linspace(0, 1, bins + 1)[1:-1]))
+
+    def shares(values: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(values)
+        counts = np.bincount(np.searchsorted(edges, values[finite], side="right"), minlength=len(edges) + 1)
+        counts = np.append(counts, (~finite).sum()).astype(float)
+        return (counts + SMOOTHING) / (counts.sum() + SMOOTHING * len(counts))
+
+    expected, actual = shares(reference), shares(current)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+@dataclass
+class FamilyDrift:
+    family: str
+    version: str
+    reference_cutoff: str
+    age_days: int
+    rows: list[dict[str, Any]] = field(default_factory=list)  # kind, name, psi, threshold, drifted
+
+    @property
+    def reasons(self) -> list[str]:
+        found = [f"{r['kind']} {r['name']} PSI {r['psi']:.2f} > {r['threshold']:g}" for r in self.rows if r["drifted"]]
+        if self.age_days > MAX_AGE_DAYS:
+            found.append(f"champion is {self.age_days} days old (> {MAX_AGE_DAYS})")
+        return found
+
+
+def reference_cutoff(served: Served, client: Any) -> pd.Timestamp | None:
+    """The latest training cut-off of a champion, from its run's ``train_cutoffs`` parameter."""
+    text = client.get_run(served.run_id).data.params.get("train_cutoffs", "")
+    found = _LAST_TRAIN_CUTOFF.search(text)
+    return pd.Timestamp(found.group(1)) if found else None
+
+
+SCORE_COLUMNS = {"churn": "churn_probability", "propensity": "purchase_probability", "clv": "clv"}
+
+
+def main_score(served: Served, scores: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    """The score a family's drift is measured on (the one the segments read)."""
+    name = SCORE_COLUMNS[served.family]
+    return name, np.asarray(scores[name], dtype=float)
+
+
+def measure(
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    *,
+    psi_threshold: float = PSI_THRESHOLD,
+    score_threshold: float = SCORE_PSI_THRESHOLD,
+) -> list[FamilyDrift]:
+    """Drift of each customer champion's inputs and score, as of ``as_of`` against its training data."""
+    from training import tracking
+
+    client = tracking.connect()
+    found = []
+    for family in CUSTOMER_FAMILIES:
+        served = champions.models.get(family)
+        if served is None:
+            continue
+        cutoff = reference_cutoff(served, client)
+        age = int((as_of - pd.Timestamp(served.trained_at).tz_localize(None).normalize()).days)
+        drift = FamilyDrift(family, served.version, f"{cutoff:%Y-%m-%d}" if cutoff is not None else "", age)
+        found.append(drift)
+        if cutoff is None:
+            continue  # a run without the parameter (an older version): only the age is checked
+        model = served.model
+        before, now = model.features(dataset, cutoff), model.features(dataset, as_of)
+        for column in model.columns:
+            if column in before and column in now and pd.api.types.is_numeric_dtype(before[column]):
+                value = psi(before[column].to_numpy(float), now[column].to_numpy(float))
+                drift.rows.append(_row("input", column, value, psi_threshold))
+        name, reference_scores = main_score(served, model.score_columns(before))
+        value = psi(reference_scores, main_score(served, model.score_columns(now))[1])
+        drift.rows.append(_row("score", name, value, score_threshold))
+    return found
+
+
+def _row(kind: str, name: str, value: float, threshold: float) -> dict[str, Any]:
+    return {"kind": kind, "name": name, "psi": round(value, 4), "threshold": threshold, "drifted": value > threshold}
+
+
+def summary(drifts: list[FamilyDrift]) -> dict[str, Any]:
+    """The drift section of a refresh's summary.json: per family the reasons, and the families to retrain."""
+    return {
+        "retrain_recommended": [d.family for d in drifts if d.reasons],
+        "families": {
+            d.family: {
+                "version": d.version,
+                "reference_cutoff": d.reference_cutoff,
+                "age_days": d.age_days,
+                "reasons": d.reasons,
+                "psi": {f"{r['kind']}:{r['name']}": r["psi"] for r in d.rows},
+            }
+            for d in drifts
+        },
+    }
+
+
+def lines(section: dict[str, Any]) -> list[str]:
+    """What make refresh prints about drift."""
+    if not section["families"]:
+        return ["drift: no customer champion to check"]
+    out = []
+    for family, facts in section["families"].items():
+        if facts["reasons"]:
+            out.append(f"retrain recommended: {family} v{facts['version']}: {'; '.join(facts['reasons'])}")
+        else:
+            worst = max(facts["psi"].items(), key=lambda kv: kv[1], default=("-", 0.0))
+            out.append(f"drift: {family} v{facts['version']} stable (largest PSI {worst[1]:.2f}, {worst[0]})")
+    return out

@@ -1,0 +1,110 @@
+"""Drift of the champions' inputs and scores at each refresh, and make retrain (issue 16, item 5)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from serving.drift import psi
+from valuecast.cli import app
+
+from .conftest import load_real
+
+runner = CliRunner()
+
+
+def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.lognormal(3, 1, 20_000)
+    assert psi(reference, rng.lognormal(3, 1, 20_000)) < 0.01
+    assert 0.1 < psi(reference, rng.lognormal(3.4, 1, 20_000)) < psi(reference, rng.lognormal(4, 1, 20_000))
+    assert psi(reference, rng.lognormal(4, 1, 20_000)) > 0.25
+    # few distinct values are their own bins; missing values are a bin of their own
+    flags = rng.integers(0, 2, 5_000).astype(float)
+    assert psi(flags, flags[::-1]) < 0.01 and psi(flags, np.ones(5_000)) > 1
+    with_missing = reference.copy()
+    with_missing[: len(reference) // 2] = np.nan
+    assert psi(reference, with_missing) > 1 and np.isfinite(psi(reference, with_missing))
+
+
+def _shifted_copy(folder: Path, factor: float, after: str) -> Path:
+    """The CDNOW sample as a CSV whose amounts after ``after`` are multiplied by ``factor``, and a dataset
+    YAML of the same name reading it (so that the sample's champions score it)."""
+    dataset = load_real("cdnow_sample")
+    assert dataset.transactions is not None
+    frame = dataset.transactions.frame[["customer_id", "timestamp", "amount", "quantity"]].copy()
+    later = frame["timestamp"] >= pd.Timestamp(after)
+    frame.loc[later, "amount"] = frame.loc[later, "amount"] * factor
+    frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "transactions.csv", index=False)
+    config = folder / "cdnow_sample.yaml"
+    config.write_text(
+        "description: the CDNOW sample with amounts shifted (drift test)\n"
+        "transactions:\n"
+        f"  path: {folder / 'transactions.csv'}\n"
+        "  columns: {customer_id: customer_id, timestamp: timestamp, amount: amount, quantity: quantity}\n"
+        '  date_format: "%Y-%m-%d"\n'
+        "  duplicates: keep\n"
+    )
+    return config
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_shifted_input_recommends_a_retrain_naming_it_then_retrain_trains_through_the_gate(
+    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from features.config import load_dataset_config
+    from features.io import load_dataset
+    from serving import drift
+    from serving.scoring import load_champions
+
+    # a copy of the store: retraining must not move the champions the other tests serve
+    database = Path(champion_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    shutil.copy(database, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    shutil.copytree(champion_store["VALUECAST_SEGMENTS_DIR"], tmp_path / "segments")
+    monkeypatch.setenv("VALUECAST_SEGMENTS_DIR", str(tmp_path / "segments"))
+
+    as_of = pd.Timestamp("1998-07-01")
+    champions = load_champions("cdnow_sample")
+    control = drift.summary(drift.measure(champions, load_real("cdnow_sample"), as_of))
+    shifted_config = _shifted_copy(tmp_path / "shifted", 10.0, "1998-02-01")
+    shifted = load_dataset(load_dataset_config(shifted_config))
+    moved = drift.summary(drift.measure(champions, shifted, as_of))
+
+    churn_before, churn_after = control["families"]["churn"], moved["families"]["churn"]
+    assert churn_before["reference_cutoff"] and churn_before["reference_cutoff"] < "1998-02-01"
+    newly = [r for r in churn_after["reasons"] if r not in churn_before["reasons"]]
+    assert newly, (churn_before["reasons"], churn_after["reasons"])
+    assert any("monetary" in r or "spend" in r for r in newly), newly  # the input that was shifted is named
+    assert "churn" in moved["retrain_recommended"]
+
+    out = tmp_path / "refresh"
+    refreshed = runner.invoke(
+        app, ["refresh", "--data", str(shifted_config), "--as-of", "1998-07-01", "--out", str(out)]
+    )
+    assert refreshed.exit_code == 0, refreshed.output
+    assert "retrain recommended: churn" in refreshed.output and "make retrain DATA=" in refreshed.output
+    summary = json.loads((out / "refreshes" / "1998-07-01" / "summary.json").read_text())
+    assert summary["drift"]["retrain_recommended"] == moved["retrain_recommended"]
+
+    retrained = runner.invoke(app, ["retrain", "--data", str(shifted_config), "--out", str(out)])
+    assert retrained.exit_code == 0, retrained.output
+    for family in moved["retrain_recommended"]:
+        assert f"retraining {family} on cdnow_sample" in retrained.output
+        assert f"valuecast-{family}-cdnow_sample v2" in retrained.output  # a new version, through the gate
+    assert ": champion, " in retrained.output or ": challenger, " in retrained.output
+
+
+def test_retrain_without_a_refresh_says_what_to_run_first(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["retrain", "--data", "cdnow_sample", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "no refresh of cdnow_sample yet: run make refresh DATA=cdnow_sample first" in result.output
