@@ -191,6 +191,27 @@ def test_audience_leaves_out_seed_and_suppressed_and_replaces_out_atomically(
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
+def test_segment_seed_from_a_scored_output(
+    sample: Dataset, population: Population, loyal: list[str], tmp_path: Path
+) -> None:
+    """A make score output (marker and scores.parquet, written here by hand: no champions needed)
+    seeds by segment name, and the features are taken as of the date it was scored."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / MARKER).write_text(json.dumps({"dataset": "cdnow_sample", "as_of": "1998-04-01"}))
+    segment = np.where(population.ids.isin(loyal), "maintain", "deprioritize")
+    pd.DataFrame({"customer_id": population.ids, "segment": segment, "value_tier": "B"}).to_parquet(
+        scores / "scores.parquet"
+    )
+    result = lookalike.run(sample, "maintain", tmp_path / "out", size=50, scores_dir=scores)
+    assert result.summary["seed"] == "segment maintain"
+    assert result.summary["seed_size"] == len(loyal)
+    assert result.summary["as_of"] == "1998-04-01"
+    assert not result.audience["customer_id"].isin(loyal).any()
+    with pytest.raises(LookalikeError, match=r"no customer of SCORES=.* is in segment 'win_back'; there are: de"):
+        lookalike.run(sample, "win_back", tmp_path / "out", scores_dir=scores)
+
+
 def test_command_logs_the_run_and_bad_input_exits_2(store: str, loyal: list[str], tmp_path: Path) -> None:
     runner = CliRunner()
     seed_file = tmp_path / "loyal.csv"
