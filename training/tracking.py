@@ -634,3 +634,23 @@ def log_batch_run(info: Mapping[str, Any], out: Path) -> str:
         mlflow.log_artifact(str(out / "report.html"))
         mlflow.log_artifact(str(out / "summary.json"))
     return run_id
+
+
+def log_lookalike_run(info: Mapping[str, Any], out: Path) -> str:
+    """A look-alike run in the experiment ``lookalike``: seed, method and sizes as parameters, the
+    recall of the hidden seed members in the top N and its lift over random per method as metrics
+    (``<method>_recall_at_n``...), and the summary as an artifact. Returns the run id."""
+    import mlflow
+
+    with run(
+        "lookalike",
+        f"lookalike | {info['dataset']} | {info['seed']} | as of {info['as_of']}",
+        {"dataset": str(info["dataset"]), "method": str(info["method"])},
+    ) as run_id:
+        log_params({k: info[k] for k in ("dataset", "as_of", "seed", "method", "random_state")})
+        log_metrics({k: info[k] for k in ("seed_size", "customers", "candidates", "suppressed_excluded", "audience")})
+        for quality in info["quality"]:
+            figures = {k: quality[k] for k in ("recall_at_n", "random_recall_at_n", "lift", "top_n", "hidden")}
+            log_metrics(figures, prefix=f"{quality['method']}_")
+        mlflow.log_artifact(str(out / "summary.json"))
+    return run_id

@@ -844,6 +844,66 @@ def model_quality(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def lookalike(
+    data: DataOption,
+    seed: Annotated[
+        str,
+        typer.Option(help="The seed: a CSV of ids (column customer_id), or a segment name / tier:A of SCORES."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (replaced only when the run succeeds).")],
+    size: Annotated[int | None, typer.Option(help="Audience size (default: the seed's size).")] = None,
+    scores: Annotated[
+        Path | None, typer.Option(help="A make score output folder of DATA (needed for a segment-name seed).")
+    ] = None,
+    as_of: AsOfOption = None,
+    method: Annotated[
+        Literal["pu_classifier", "nearest_neighbours"], typer.Option(help="Ranking method (the other is measured too).")
+    ] = "pu_classifier",
+    random_state: Annotated[int, typer.Option(help="Seed of the 20% hold-out and the folds.")] = 0,
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace OUT even when it is not a folder valuecast wrote (no .valuecast-output in it)."),
+    ] = False,
+) -> None:
+    """Customers outside SEED ranked by how much they resemble it, with reasons; suppressed customers and
+    the seed left out; the top SIZE into OUT/lookalikes.csv; quality on a hidden 20% of the seed."""
+    _quiet_libraries()
+    _quiet_mlflow()
+    from serving import lookalike as lookalikes
+    from serving.batch import check_replaceable
+    from training import tracking
+
+    cutoff = parse_date(as_of, "AS_OF")
+    with user_errors():
+        check_replaceable(out, force)
+        dataset = _load(data, None)
+        with step("ranking the customers outside the seed and measuring on a hidden 20%"):
+            result = lookalikes.run(
+                dataset,
+                seed,
+                out,
+                size=size,
+                as_of=cutoff,
+                scores_dir=scores,
+                method=method,
+                random_state=random_state,
+                force=force,
+            )
+        with step("logging the look-alike run to MLflow"):
+            run_id = tracking.log_lookalike_run(result.summary, out)
+    info = result.summary
+    typer.echo(
+        f"\nwrote {info['audience']:,} look-alikes of {info['seed']} ({info['seed_size']:,} customers) to "
+        f"{out / lookalikes.OUTPUT_FILE} (MLflow run {run_id}); {info['suppressed_excluded']:,} suppressed left out"
+    )
+    for quality in result.quality:
+        typer.echo(
+            f"  {quality.method:<20} recall of the hidden 20% in the top {quality.top_n:,}: {quality.recall:.3f} "
+            f"(random {quality.random_recall:.3f}, lift {quality.lift:.1f}x)"
+        )
+
+
 def main() -> None:
     try:
         app()
