@@ -137,31 +137,38 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(command: list[str], env: dict[str, str], ready_url: str, timeout: float = 120) -> Iterator[None]:
-    """Start a server process (its own process group), wait until ``ready_url`` answers 200, stop it after."""
+    """Start a server process (its own process group), wait until ``ready_url`` answers 200, stop it after.
+
+    Its output goes to a file, not a pipe: a pipe nobody reads fills up with the access log (64 KiB)
+    and the server then blocks on its next log line (found as a load test that hung after 44 answers)."""
+    import tempfile
+
     import httpx
 
     from features.config import PROJECT_ROOT
 
-    process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited: {process.stdout.read().decode() if process.stdout else ''}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"{ready_url} did not answer within {timeout:.0f} s")
-        yield
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{command[0]} exited: {log.read().decode(errors='replace')[-5000:]}")
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise RuntimeError(f"{ready_url} did not answer within {timeout:.0f} s")
+            yield
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

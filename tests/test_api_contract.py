@@ -199,7 +199,7 @@ def test_finding_9_a_body_over_the_limit_is_413_before_parsing(server: str) -> N
     assert answer.status_code == 413 and "at most 16,777,216" in answer.json()["error"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams
-        yield from (big[i : i + 1 << 20] for i in range(0, len(big), 1 << 20))
+        yield from (big[i : i + (1 << 20)] for i in range(0, len(big), 1 << 20))
 
     streamed = httpx.post(f"{server}/score", content=chunks(), headers=AUTH, timeout=60)
     assert streamed.status_code == 413
@@ -323,13 +323,9 @@ def test_finding_10_unreachable_registry_healthz_at_once_readyz_why_sigterm_stop
     env.pop("VALUECAST_API_KEY", None)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("wb")  # a file, not a pipe nobody reads while it runs
     process = subprocess.Popen(
-        serve(port),
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        serve(port), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         deadline = time.time() + 120
@@ -360,7 +356,8 @@ def test_finding_10_unreachable_registry_healthz_at_once_readyz_why_sigterm_stop
             os.killpg(process.pid, signal.SIGKILL)
             stopped = float("inf")
     assert stopped < 10, f"SIGTERM took {stopped:.1f} s"
-    assert b"s3cret" not in (process.stdout.read() if process.stdout else b"")
+    log.close()
+    assert b"s3cret" not in (tmp_path / "server.log").read_bytes()
 
 
 def test_finding_7_make_ui_refuses_other_hosts_and_cross_origin_posts(tmp_path: Path) -> None:

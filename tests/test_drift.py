@@ -80,12 +80,17 @@ def test_a_shifted_input_recommends_a_retrain_naming_it_then_retrain_trains_thro
     shifted = load_dataset(load_dataset_config(shifted_config))
     moved = drift.summary(drift.measure(champions, shifted, as_of))
 
-    churn_before, churn_after = control["families"]["churn"], moved["families"]["churn"]
-    assert churn_before["reference_cutoff"] and churn_before["reference_cutoff"] < "1998-02-01"
-    newly = [r for r in churn_after["reasons"] if r not in churn_before["reasons"]]
-    assert newly, (churn_before["reasons"], churn_after["reasons"])
-    assert any("monetary" in r or "spend" in r for r in newly), newly  # the input that was shifted is named
-    assert "churn" in moved["retrain_recommended"]
+    assert control["families"]["churn"]["reference_cutoff"] < "1998-02-01"
+    # CDNOW is one cohort growing older, so its recency inputs drift by themselves (the control flags
+    # them too); what the shift adds is named: a spend input newly above the threshold
+    newly = {
+        family: [r for r in facts["reasons"] if r not in control["families"][family]["reasons"]]
+        for family, facts in moved["families"].items()
+    }
+    named = [r for found in newly.values() for r in found if r.startswith("input ") and "spend" in r]
+    assert named, newly
+    assert not any(r.startswith("input ") and "spend_last_90d" in r for r in control["families"]["clv"]["reasons"])
+    assert "clv" in moved["retrain_recommended"]
 
     out = tmp_path / "refresh"
     refreshed = runner.invoke(
