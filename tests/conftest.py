@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,6 +112,18 @@ def store_environment(folder: Path) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture()
+def champion_store_copy(champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the champion store's database and segment files, set for this test: a test that trains,
+    promotes or freezes there leaves the champions the other tests serve as they were. Returns the folder."""
+    database = Path(champion_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    shutil.copy(database, tmp_path / "mlflow.db")
+    shutil.copytree(champion_store["VALUECAST_SEGMENTS_DIR"], tmp_path / "segments")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("VALUECAST_SEGMENTS_DIR", str(tmp_path / "segments"))
+    return tmp_path
 
 
 def register_copy(source: Any, registered_name: str, dataset: str, family: str) -> str:

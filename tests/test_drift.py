@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +58,14 @@ def _shifted_copy(folder: Path, factor: float, after: str) -> Path:
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_a_shifted_input_recommends_a_retrain_naming_it_then_retrain_trains_through_the_gate(
-    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    champion_store_copy: Path, tmp_path: Path
 ) -> None:
     from features.config import load_dataset_config
     from features.io import load_dataset
     from serving import drift
     from serving.scoring import load_champions
 
-    # a copy of the store: retraining must not move the champions the other tests serve
-    database = Path(champion_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
-    shutil.copy(database, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    shutil.copytree(champion_store["VALUECAST_SEGMENTS_DIR"], tmp_path / "segments")
-    monkeypatch.setenv("VALUECAST_SEGMENTS_DIR", str(tmp_path / "segments"))
-
+    # champion_store_copy: retraining must not move the champions the other tests serve
     as_of = pd.Timestamp("1998-07-01")
     champions = load_champions("cdnow_sample")
     control = drift.summary(drift.measure(champions, load_real("cdnow_sample"), as_of))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,8 @@ def readme_python_block() -> str:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_the_readme_python_example_runs(
-    champion_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a copy of the store: the example trains and may promote, which the other tests must not see
-    database = Path(champion_store["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
-    shutil.copy(database, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_the_readme_python_example_runs(champion_store_copy: Path) -> None:
+    # champion_store_copy: the example trains and may promote, which the other tests must not see
     printed = io.StringIO()
     namespace: dict[str, object] = {}
     with contextlib.redirect_stdout(printed):
