@@ -408,6 +408,11 @@ def test_finding_7_credentials_in_uris_are_redacted_wherever_printed() -> None:
         == "ConnectionError: HTTPConnectionPool(host='h') url http://***@h:5000/api/2.0 and s3://***@bucket/p"
     )
     assert scrubbed("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert (
+        scrubbed("failed: http://user:p@ss@h:5000/api")
+        == "failed: http://***@h:5000/api"
+        == ("failed: " + redacted("http://user:p@ss@h:5000/api"))
+    )
 
 
 def test_16_clients_for_30_s_with_reloads_every_2_s_see_no_error(server: str) -> None:
