@@ -22,7 +22,10 @@ import numpy as np
 import pandas as pd
 
 from features.io import Dataset
-from serving.scoring import CUSTOMER_FAMILIES, Champions, Served
+from serving.scoring import CUSTOMER_FAMILIES, Champions, Served, shares_features
+from training.btyd import BTYD_FEATURES
+from training.columns import without_columns
+from training.common import CustomerModel
 
 PSI_THRESHOLD = 0.25
 SCORE_PSI_THRESHOLD = 0.25
@@ -97,6 +100,7 @@ def measure(
 
     client = tracking.connect()
     found = []
+    built: dict[pd.Timestamp, tuple[CustomerModel, pd.DataFrame]] = {}
     for family in CUSTOMER_FAMILIES:
         served = champions.models.get(family)
         if served is None:
@@ -108,7 +112,7 @@ def measure(
         if cutoff is None:
             continue  # a run without the parameter (an older version): only the age is checked
         model = served.model
-        before, now = model.features(dataset, cutoff), model.features(dataset, as_of)
+        before, now = features(model, dataset, cutoff, built), features(model, dataset, as_of, built)
         for column in model.columns:
             if column in before and column in now and pd.api.types.is_numeric_dtype(before[column]):
                 value = psi(before[column].to_numpy(float), now[column].to_numpy(float))
@@ -117,6 +121,21 @@ def measure(
         value = psi(reference_scores, main_score(served, model.score_columns(now))[1])
         drift.rows.append(_row("score", name, value, score_threshold))
     return found
+
+
+def features(
+    model: CustomerModel,
+    dataset: Dataset,
+    day: pd.Timestamp,
+    built: dict[pd.Timestamp, tuple[CustomerModel, pd.DataFrame]],
+) -> pd.DataFrame:
+    """``model``'s inputs as of ``day``: built once per day and reused by the models that share them
+    (same categories, no attribute encoder; as batch scoring does), each adding its own BG/NBD columns."""
+    if day in built and shares_features(model, built[day][0]):
+        return model.add_btyd(without_columns(built[day][1], BTYD_FEATURES))
+    frame = model.features(dataset, day)
+    built.setdefault(day, (model, frame))
+    return frame
 
 
 def _row(kind: str, name: str, value: float, threshold: float) -> dict[str, Any]:

@@ -655,19 +655,19 @@ def _reuse_or_build(
 ) -> pd.DataFrame:
     """Features are computed once when two models were trained with the same categories and no
     attribute encoder (the usual case for one dataset); otherwise each model gets its own."""
-    if _shares_features(model, reference):
+    if shares_features(model, reference):
         return model.add_btyd(without_columns(features, BTYD_FEATURES))
     return _features_for_everyone(model, dataset, ids, as_of)
 
 
-def _shares_features(model: CustomerModel, reference: CustomerModel) -> bool:
+def shares_features(model: CustomerModel, reference: CustomerModel) -> bool:
     return model.categories == reference.categories and model.encoder is None and reference.encoder is None
 
 
 def histories_problem(champions: Champions) -> str | None:
     """Why :func:`score_histories` cannot score for these champions (None: it can)."""
     models = [champions.models[f].model for f in CUSTOMER_FAMILIES]
-    if not all(_shares_features(m, models[0]) for m in models):
+    if not all(shares_features(m, models[0]) for m in models):
         return "the champions read customer attributes or different categories"
     return None
 
