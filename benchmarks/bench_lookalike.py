@@ -33,8 +33,8 @@ import pandas as pd
 from features.config import load_dataset_config
 from features.io import load_dataset
 from features.labels import compute_transaction_labels
-from serving.lookalike import METHODS, Population, customer_population, measure_quality
-from serving.segments import freeze, load_rules
+from serving.segments.lookalike import METHODS, Population, customer_population, measure_quality
+from serving.segments.rules import freeze, load_rules
 
 # An earlier cut-off per dataset that leaves 180 days of data after it.
 CUTOFFS = {"cdnow": "1998-01-01", "online_retail": "2011-06-01", "cdnow_sample": "1998-01-01"}

@@ -204,7 +204,7 @@ def main() -> None:
     from features.config import load_dataset_config
     from features.io import load_dataset
     from serving.scoring import load_champions, model_scores
-    from serving.segments import freeze, load_rules, write_frozen
+    from serving.segments.rules import freeze, load_rules, write_frozen
     from training.run import train_and_log
 
     print("setting up: training churn, propensity and CLV on the CDNOW sample into a temporary store ...")

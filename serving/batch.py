@@ -12,7 +12,7 @@ Outputs: ``scores.parquet`` and ``scores.csv`` (one row per customer), ``leads.p
 fields, segment, action; suppressed customers left out) and ``quarantine.<table>.csv`` for rows that
 could not be used, with their reason.
 
-Where the dataset has an uplift champion (:mod:`serving.uplift`), the campaign table's customers are
+Where the dataset has an uplift champion (:mod:`serving.segments.micro`), the campaign table's customers are
 scored by it too: ``next_best_action``, ``expected_incremental_value``, ``micro_segment`` and one
 ``uplift_<arm>`` per arm in the scores (beside the value columns when the dataset has customer
 models, alone for a dataset of attribute rows such as Hillstrom), ``actions/<arm>.csv`` per action
@@ -43,7 +43,6 @@ from matplotlib.figure import Figure
 from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
-from serving import uplift
 from serving.scoring import (
     UPLIFT_FAMILIES,
     Champions,
@@ -52,7 +51,8 @@ from serving.scoring import (
     suppression_facts,
     with_segments,
 )
-from serving.segments import freeze, latest_frozen, load_frozen, load_rules, summary, write_frozen
+from serving.segments import micro
+from serving.segments.rules import freeze, latest_frozen, load_frozen, load_rules, summary, write_frozen
 from training.uplift import NO_ACTION, arm_slug
 
 CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
@@ -558,7 +558,7 @@ def _score_into(
         else {"leads": len(leads), "tiers": leads["tier"].value_counts().sort_index().to_dict()},
     }
     if uses_uplift(champions, dataset):
-        info["uplift"] = uplift.action_mix(scores)
+        info["uplift"] = micro.action_mix(scores)
     progress("writing", 0, 1)
     if engine != "spark" or uses_uplift(champions, dataset):  # Spark wrote the scores unless uplift joined them
         scores.to_parquet(work / "scores.parquet", index=False)
@@ -573,7 +573,7 @@ def _score_into(
     made = figures(scores)
     if "uplift" in info:
         made["Next best action"] = action_figure(info["uplift"])
-    images = uplift.qini_images(champions) if "uplift" in info else {}
+    images = micro.qini_images(champions) if "uplift" in info else {}
     (work / "report.html").write_text(report_html(scores, made, info, images))
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, leads, info, segment_file
@@ -590,13 +590,13 @@ def write_quarantine(dataset: Dataset, work: Path) -> dict[str, int]:
 
 
 def with_uplift(champions: Champions, dataset: Dataset, scores: pd.DataFrame) -> pd.DataFrame:
-    """The value scores with the uplift columns of the same customers (:func:`serving.uplift.join_uplift`:
+    """The value scores with the uplift columns of the same customers (:func:`serving.segments.micro.join_uplift`:
     one set of suppression columns; do-not-disturb suppresses the value action too). Customers
     without a campaign row get empty uplift columns."""
-    scored, _ = uplift.score_campaign_customers(champions, dataset)
+    scored, _ = micro.score_campaign_customers(champions, dataset)
     aligned = scored.set_index("customer_id").reindex(scores["customer_id"].astype(str)).reset_index()
     aligned["do_not_disturb"] = aligned["do_not_disturb"].astype("boolean")
-    joined = uplift.join_uplift(champions, {c: scores[c].to_numpy() for c in scores.columns}, aligned)
+    joined = micro.join_uplift(champions, {c: scores[c].to_numpy() for c in scores.columns}, aligned)
     frame = pd.DataFrame(joined)
     return frame.astype({"suppressed": bool})
 
@@ -615,10 +615,10 @@ def _score_uplift_into(
     if rules_path is not None:
         champions.rules = load_rules(rules_path)
     progress("scoring uplift", 0, 1)
-    scored, facts = uplift.score_campaign_customers(champions, dataset, customer_table(dataset))
-    scores = uplift.with_suppression(champions, scored, suppression_facts(facts, as_of), as_of)
+    scored, facts = micro.score_campaign_customers(champions, dataset, customer_table(dataset))
+    scores = micro.with_suppression(champions, scored, suppression_facts(facts, as_of), as_of)
     progress("scoring uplift", 1, 1)
-    mix = uplift.action_mix(scores)
+    mix = micro.action_mix(scores)
     info: dict[str, Any] = {
         "dataset": dataset.config.name,
         "engine": "local",
@@ -635,7 +635,7 @@ def _score_uplift_into(
     write_csv(scores, work / "scores.csv")
     info["action_lists"] = action_lists(scores, customer_table(dataset), work / "actions")
     info["quarantined"] = write_quarantine(dataset, work)
-    report = uplift_report_html(mix, {"Next best action": action_figure(mix)}, info, uplift.qini_images(champions))
+    report = uplift_report_html(mix, {"Next best action": action_figure(mix)}, info, micro.qini_images(champions))
     (work / "report.html").write_text(report)
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, info

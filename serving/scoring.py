@@ -25,7 +25,7 @@ import pandas as pd
 from features.config import ConfigError
 from features.io import Dataset
 from features.transactions import NS_PER_DAY, SUMMARY_COLUMNS, feature_arrays
-from serving.segments import (
+from serving.segments.rules import (
     FrozenSegments,
     SegmentRules,
     assign,

@@ -60,7 +60,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
-from serving import uplift
 from serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
@@ -98,6 +97,7 @@ from serving.scoring import (
     score_customers,
     score_histories,
 )
+from serving.segments import micro
 from training import tracking
 from training.common import InputRowsError, request_dataset
 
@@ -520,7 +520,7 @@ class ValueService:
         # An attribute named like a transaction field is refused, unless the dataset's uplift model
         # reads it (Hillstrom's customer-level `channel`): then it goes to that model only.
         uplift_reads = (
-            set(uplift.input_columns(uplift.uplift_model(champions))) if champions.has(UPLIFT_FAMILIES) else set()
+            set(micro.input_columns(micro.uplift_model(champions))) if champions.has(UPLIFT_FAMILIES) else set()
         )
         if clashes := transaction_field_collisions(parsed, allowed=uplift_reads):
             raise BadRequestError("an attribute is named like a transaction field", clashes)
@@ -546,8 +546,8 @@ class ValueService:
         names = [c for c in OUTPUT_COLUMNS if c in columns]
         if champions.has(UPLIFT_FAMILIES):  # and the uplift columns of the same customers
             given = _attributes(parsed)
-            columns = _uplift_or_422(champions, parsed, lambda: uplift.score_with_customers(champions, columns, given))
-            names += uplift.response_columns(uplift.uplift_model(champions))
+            columns = _uplift_or_422(champions, parsed, lambda: micro.score_with_customers(champions, columns, given))
+            names += micro.response_columns(micro.uplift_model(champions))
         categories = [c for c in columns if c.startswith("purchase_probability_")]
         records = column_records(columns, names)
         by_category = column_records(columns, categories)
@@ -581,9 +581,9 @@ class ValueService:
             raise BadRequestError("the request has invalid fields", sent)
         ids = [str(c.customer_id) for c in parsed.customers]
         scored = _uplift_or_422(
-            champions, parsed, lambda: uplift.score_attributes(champions, ids, _attributes(parsed), as_of)
+            champions, parsed, lambda: micro.score_attributes(champions, ids, _attributes(parsed), as_of)
         )
-        names = ["customer_id", *uplift.response_columns(uplift.uplift_model(champions)), *uplift.SUPPRESSION_OUTPUT]
+        names = ["customer_id", *micro.response_columns(micro.uplift_model(champions)), *micro.SUPPRESSION_OUTPUT]
         return JSONResponse(
             {
                 "dataset": champions.dataset,
@@ -653,11 +653,11 @@ def _uplift_or_422(champions: Champions, parsed: ScoreRequest, work: Callable[[]
     """Uplift scoring, its input problems answered 422 naming each attribute."""
     try:
         return work()
-    except uplift.AttributeProblemsError as exc:
+    except micro.AttributeProblemsError as exc:
         raise BadRequestError("some attributes cannot be used for uplift scoring", exc.problems) from exc
     except InputRowsError as exc:
-        model = uplift.uplift_model(champions)
-        problems = uplift.row_problems(model, _attributes(parsed), exc.problems)
+        model = micro.uplift_model(champions)
+        problems = micro.row_problems(model, _attributes(parsed), exc.problems)
         raise BadRequestError("some attributes cannot be used for uplift scoring", problems) from exc
 
 

@@ -77,7 +77,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     the variables are set for this process too (in-process scoring reads the same store)."""
     with store_environment(tmp_path_factory.mktemp("champions")) as values:
         from serving.scoring import load_champions, model_scores
-        from serving.segments import freeze, load_rules, write_frozen
+        from serving.segments.rules import freeze, load_rules, write_frozen
         from training import tracking
         from training.run import train_and_log
 

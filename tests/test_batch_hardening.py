@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from features.config import ConfigError
 from serving.batch import MARKER, OutputInUseError, atomic_folder, recover, segment_lists
-from serving.segments import DEFAULT_RULES, load_rules
+from serving.segments.rules import DEFAULT_RULES, load_rules
 from valuecast.cli import app
 
 from .conftest import SERVING_AS_OF

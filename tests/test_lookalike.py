@@ -1,4 +1,4 @@
-"""Look-alike audiences (serving/lookalike.py): bad seeds and sizes, the quality of the ranking on a
+"""Look-alike audiences (serving/segments/lookalike.py): bad seeds and sizes, the quality of the ranking on a
 hidden part of a seed, what the audience leaves out, and OUT written atomically."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from features.io import Dataset
-from serving import lookalike
 from serving.batch import MARKER, OutputInUseError
-from serving.lookalike import LookalikeError, Population, Quality
+from serving.segments import lookalike
+from serving.segments.lookalike import LookalikeError, Population, Quality
 from tests.conftest import load_real
 from valuecast.cli import app
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from features.config import PROJECT_ROOT
-from serving.segments import load_rules
+from serving.segments.rules import load_rules
 
 
 def readme_python_block() -> str:

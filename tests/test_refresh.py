@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from features.config import ConfigError
-from serving import delivery, refresh
 from serving.batch import MARKER
-from serving.refresh import DEPARTED, NEW
+from serving.segments import delivery, refresh
+from serving.segments.refresh import DEPARTED, NEW
 from valuecast.cli import app
 
 runner = CliRunner()

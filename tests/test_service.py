@@ -460,7 +460,7 @@ def test_promote_and_rollback_change_what_the_api_serves_after_reload(
 def _catalog(default: str | None = None) -> object:
     """Two customer datasets (one whose clv model failed to load) and one lead dataset, without a store."""
     from serving.scoring import Catalog, Champions, Served
-    from serving.segments import freeze, load_rules
+    from serving.segments.rules import freeze, load_rules
 
     def served(family: str, dataset: str) -> Served:
         return Served(family, f"valuecast-{family}-{dataset}", "1", "r", "t", {}, dataset, "xgboost", None)
@@ -513,7 +513,7 @@ def test_served_datasets_come_from_the_environment_checked(monkeypatch: pytest.M
 
 def test_segment_files_live_in_their_datasets_folder(tmp_path: Path) -> None:
     from features.config import ConfigError
-    from serving.segments import freeze, frozen_dir, latest_frozen, load_rules, missing_frozen, write_frozen
+    from serving.segments.rules import freeze, frozen_dir, latest_frozen, load_rules, missing_frozen, write_frozen
 
     frozen = freeze(pd.DataFrame({"clv": [1.0, 5.0], "total_spend": [1.0, 2.0]}), load_rules(), "test")
     path = write_frozen(frozen, "shop", tmp_path)
@@ -531,7 +531,7 @@ def test_a_store_of_earlier_versions_is_migrated_once_and_served(
     """Models registered one per family (``valuecast-churn``, before per-dataset names) move to
     ``valuecast-<family>-<dataset>`` the first time the API loads, one line each, and are served."""
     from serving.scoring import CUSTOMER_FAMILIES, choose_dataset, load_catalog, load_champions, score_customers
-    from serving.segments import write_frozen
+    from serving.segments.rules import write_frozen
     from training import tracking
 
     source = load_champions("cdnow_sample")

@@ -72,7 +72,7 @@ def _shop_files(folder: Path) -> Path:
 def uplift_store(champion_store: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The module's store (see the module docstring); the variables are set for this process too."""
     from serving.scoring import CUSTOMER_FAMILIES, load_champions
-    from serving.segments import write_frozen
+    from serving.segments.rules import write_frozen
     from training import tracking
     from training.run import train_and_log
 
@@ -322,7 +322,7 @@ def test_a_dataset_with_both_answers_both_sets_of_columns_in_api_and_batch(
 
 
 def _rules(mode: str | None) -> Any:
-    from serving.segments import load_rules
+    from serving.segments.rules import load_rules
 
     rules = load_rules()
     return rules.model_copy(update={"suppression": rules.suppression.model_copy(update={"do_not_disturb": mode})})
@@ -340,7 +340,7 @@ def _rules(mode: str | None) -> Any:
 def test_do_not_disturb_joins_the_suppression_reasons(mode: str | None, expected: list[str]) -> None:
     """Four customers: harmed by the men's e-mail only (recommended the women's), harmed by both,
     harmed by neither, and opted out (a flag is the first reason, whatever the arms do)."""
-    from serving.uplift import suppress
+    from serving.segments.micro import suppress
 
     scored = pd.DataFrame(
         {
@@ -374,7 +374,7 @@ def test_choosing_the_dataset_of_a_score_request_with_uplift_champions() -> None
         Served,
         choose_dataset,
     )
-    from serving.segments import freeze, load_rules
+    from serving.segments.rules import freeze, load_rules
 
     def served(family: str, dataset: str) -> Served:
         return Served(family, f"valuecast-{family}-{dataset}", "1", "r", "t", {}, dataset, "s_learner", None)

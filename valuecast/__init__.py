@@ -104,7 +104,7 @@ def segments(dataset: str) -> pd.DataFrame:
     cut-offs of the dataset's current frozen segment file in ``DataFrame.attrs``."""
     import pandas as pd
 
-    from serving.segments import latest_frozen, load_frozen, load_rules
+    from serving.segments.rules import latest_frozen, load_frozen, load_rules
 
     path = latest_frozen(dataset)
     frozen = load_frozen(path) if path is not None else None

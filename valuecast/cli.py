@@ -18,7 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from features.io import Dataset
-    from serving.delivery import WebhookSettings
+    from serving.segments.delivery import WebhookSettings
 
 app = typer.Typer(
     help="valuecast: customer and lead value from your own data.",
@@ -379,7 +379,7 @@ def segments(
     _quiet_mlflow()
     from features.pipeline import default_as_of
     from serving.scoring import NotReadyError, model_scores
-    from serving.segments import freeze, load_rules, write_frozen
+    from serving.segments.rules import freeze, load_rules, write_frozen
 
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
@@ -511,8 +511,8 @@ def refresh(
     _quiet_libraries()
     _quiet_mlflow()
     from features.pipeline import default_as_of
-    from serving import delivery
-    from serving.refresh import default_out, exclusive
+    from serving.segments import delivery
+    from serving.segments.refresh import default_out, exclusive
 
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
@@ -544,8 +544,8 @@ def retrain(
     the current champion on the same test rows)."""
     _quiet_libraries()
     _quiet_mlflow()
-    from serving.refresh import default_out, latest_drift
     from serving.scoring import CUSTOMER_FAMILIES
+    from serving.segments.refresh import default_out, latest_drift
     from training.run import train_and_log
 
     with user_errors():
@@ -575,10 +575,10 @@ def _refresh_and_deliver(
     settings: WebhookSettings | None,
 ) -> None:
     """The refresh command's steps while it holds OUT."""
-    from serving import delivery
-    from serving.refresh import check_out, matrix_text
-    from serving.refresh import refresh as run_refresh
     from serving.scoring import NotReadyError
+    from serving.segments import delivery
+    from serving.segments.refresh import check_out, matrix_text
+    from serving.segments.refresh import refresh as run_refresh
 
     name = dataset.config.name
     check_out(target, name, day, force)  # before minutes of scoring, not after
@@ -622,7 +622,7 @@ def paths(
 ) -> None:
     """Each customer's segment at every refresh of DATA, read back from the history table."""
     from features.config import load_dataset_config
-    from serving.refresh import customer_paths, default_out
+    from serving.segments.refresh import customer_paths, default_out
 
     with user_errors():
         name = load_dataset_config(data).name
@@ -870,8 +870,8 @@ def lookalike(
     the seed left out; the top SIZE into OUT/lookalikes.csv; quality on a hidden 20% of the seed."""
     _quiet_libraries()
     _quiet_mlflow()
-    from serving import lookalike as lookalikes
     from serving.batch import check_replaceable
+    from serving.segments import lookalike as lookalikes
     from training import tracking
 
     cutoff = parse_date(as_of, "AS_OF")

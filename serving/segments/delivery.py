@@ -192,7 +192,7 @@ def deliver(
     transport: httpx.BaseTransport | None = None,
     echo: Callable[[str], object] = lambda _: None,
 ) -> DeliveryResult:
-    """Send the ``changes`` (rows of :func:`serving.refresh.changes`) not yet in ``folder``'s ledger."""
+    """Send the ``changes`` (rows of :func:`serving.segments.refresh.changes`) not yet in ``folder``'s ledger."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     done = delivered_keys(folder)

@@ -7,7 +7,7 @@ table's rows (the arm, send date and outcome columns left out, one row per custo
 Both turn them into the same text rows and call :func:`score_rows`, so a customer gets the same next
 best action online and in batch.
 
-Suppression joins the economic-value segments' (:func:`serving.segments.suppression_reasons`: the
+Suppression joins the economic-value segments' (:func:`serving.segments.rules.suppression_reasons`: the
 flags and contact dates of the segment rules), and adds do-not-disturb: a customer the recommended
 arm (or any, or every arm: ``suppression.do_not_disturb`` of the rules) would put off. A suppressed
 customer's next best action is ``no_action`` with no expected value; the uplift columns stay.
@@ -25,8 +25,8 @@ from features.config import CAMPAIGN_COLUMNS
 from features.io import Dataset, read_raw_table, table_path
 from features.validate import ROW
 from serving.scoring import SUPPRESSION_COLUMNS, Champions, NotReadyError, suppression_facts
-from serving.segments import NO_ACTION as NO_MARKETING_ACTION
-from serving.segments import SegmentRules, add_reason, suppression_reasons
+from serving.segments.rules import NO_ACTION as NO_MARKETING_ACTION
+from serving.segments.rules import SegmentRules, add_reason, suppression_reasons
 from training.common import InputRowsError
 from training.uplift import NO_ACTION, UpliftModel, arm_slug, output_columns
 

@@ -11,7 +11,7 @@ writes lives in OUT:
   segment: customers and predicted value at both dates), ``transition_matrix.csv`` (the counts as a
   matrix), ``changes.csv`` (every customer whose segment changed, with the previous and the new segment
   and the reason), ``changes/<segment>.entered.csv`` and ``.left.csv`` for CRM import, ``summary.json``
-  and, when the changes are delivered to a webhook, ``delivery/`` (:mod:`serving.delivery`).
+  and, when the changes are delivered to a webhook, ``delivery/`` (:mod:`serving.segments.delivery`).
 
 Customers seen for the first time come from the pseudo-segment ``(new)``; customers of the previous
 refresh that are no longer scored go to ``(departed)``. Neither can be a segment's name (segment names
@@ -45,14 +45,14 @@ from features.pipeline import default_as_of
 from serving import drift
 from serving.batch import MARKER, atomic_folder, inside, load_or_freeze, model_scores_of_dataset, recover, write_csv
 from serving.scoring import CUSTOMER_FAMILIES, Champions, NotReadyError, with_segments
-from serving.segments import FrozenSegments, _tier
+from serving.segments.rules import FrozenSegments, tier_of
 
 NEW = "(new)"
 DEPARTED = "(departed)"
 KIND = "refresh"
 PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
 HISTORY_FILE = "part-0.parquet"
-# The facts the segment rules read (serving.segments.assign): a change in one of them is the reason a
+# The facts the segment rules read (serving.segments.rules.assign): a change in one of them is the reason a
 # customer changed segment.
 RULE_FACTS = ("value_tier", "past_value_tier", "risk_band", "potential_band", "lapsed")
 STRING_COLUMNS = (
@@ -131,12 +131,12 @@ def history_rows(scores: pd.DataFrame, facts: pd.DataFrame, frozen: FrozenSegmen
     spend = pd.to_numeric(facts["total_spend"], errors="coerce").to_numpy(dtype=float)
     idle = pd.to_numeric(facts["days_since_last_order"], errors="coerce").to_numpy(dtype=float)
     alive = pd.to_numeric(scores["p_alive"], errors="coerce").to_numpy(dtype=float)
-    with np.errstate(invalid="ignore"):  # the same test as serving.segments.assign_columns
+    with np.errstate(invalid="ignore"):  # the same test as serving.segments.rules.assign_columns
         lapsed = (np.nan_to_num(alive, nan=1.0) < rules.lapsed.p_alive_below) | (
             np.nan_to_num(idle, nan=0.0) > rules.lapsed.days_since_last_order_over
         )
     frame = scores.reset_index(drop=True).assign(
-        past_value_tier=_tier(spend, frozen.past_value_floors),
+        past_value_tier=tier_of(spend, frozen.past_value_floors),
         lapsed=lapsed,
         total_spend=spend,
         days_since_last_order=idle,

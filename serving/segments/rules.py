@@ -235,7 +235,8 @@ def load_frozen(path: Path) -> FrozenSegments:
         raise ConfigError(f"{path}: not a valid segment file ({exc})") from exc
 
 
-def _tier(values: np.ndarray, floors: dict[str, float]) -> np.ndarray:
+def tier_of(values: np.ndarray, floors: dict[str, float]) -> np.ndarray:
+    """The tier (A, B, C, D) of each value, given the frozen floors of A, B and C."""
     values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
     tier = np.full(len(values), "D", dtype=object)
     for name in ("C", "B", "A"):  # the highest tier reached wins
@@ -279,10 +280,10 @@ def assign_columns(scores: pd.DataFrame | Mapping[str, Any], frozen: FrozenSegme
         return np.full(n, default)
 
     clv, churn = column("clv", 0.0), column("churn_probability", 0.0)
-    value_tier = _tier(clv, frozen.value_floors)
+    value_tier = tier_of(clv, frozen.value_floors)
     facts = {
         "value_tier": value_tier,
-        "past_value_tier": _tier(column("total_spend", 0.0), frozen.past_value_floors),
+        "past_value_tier": tier_of(column("total_spend", 0.0), frozen.past_value_floors),
         "risk_band": _band(churn, rules.risk_bands),
         "potential_band": _band(column("purchase_probability", 0.0), rules.potential_bands),
     }
@@ -322,7 +323,7 @@ def assign_columns(scores: pd.DataFrame | Mapping[str, Any], frozen: FrozenSegme
 def suppression_reasons(facts: pd.DataFrame | Mapping[str, Any], rules: SegmentRules, n: int) -> np.ndarray:
     """Per customer the first suppression reason that applies ('' for none): the flags, then a refund,
     complaint or contact within the rules' days. The economic-value segments and the uplift actions
-    (:mod:`serving.uplift`) both read it, so a customer is suppressed for the same reasons in both."""
+    (:mod:`serving.segments.micro`) both read it, so a customer is suppressed for the same reasons in both."""
     reasons = np.full(n, "", dtype=object)
     for flag in rules.suppression.flags:
         if flag in facts:

@@ -37,7 +37,7 @@ import pandas as pd
 from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import build_customer_features, default_as_of
-from serving.segments import SegmentRules, assign, freeze, load_rules
+from serving.segments.rules import SegmentRules, assign, freeze, load_rules
 
 Method = Literal["pu_classifier", "nearest_neighbours"]
 METHODS: tuple[Method, ...] = ("pu_classifier", "nearest_neighbours")
@@ -49,7 +49,7 @@ NEIGHBOURS = 50
 FOLDS = 5
 MAX_SEED_FILE_BYTES = 200 * 2**20
 TIER_SEED = re.compile(r"^tier:([ABCD])$")
-SEGMENT_SEED = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # as serving.segments.SEGMENT_NAME
+SEGMENT_SEED = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # as serving.segments.rules.SEGMENT_NAME
 OUTPUT_FILE = "lookalikes.csv"
 
 
@@ -155,7 +155,7 @@ def customer_population(
         for name, values in suppression_facts(aligned, as_of).items():
             facts[name] = values
     # The segment rules decide suppression; with spend so far in place of CLV their value tier is the
-    # past-value tier, so no champion model is needed (serving.segments.assign reads only these facts).
+    # past-value tier, so no champion model is needed (serving.segments.rules.assign reads only these facts).
     rules = rules or load_rules()
     by_spend = facts.assign(clv=facts["total_spend"]).reset_index(drop=True)
     frozen = freeze(by_spend, rules, f"{dataset.config.name} spend so far as of {as_of:%Y-%m-%d}")
