@@ -195,7 +195,7 @@ model-quality: setup ## Train every family on the bundled datasets; regenerate d
 	$(VALUECAST) model-quality
 
 .PHONY: bench
-bench: bench-features bench-clv bench-train bench-serve bench-score ## Run every benchmark and print its figures
+bench: bench-features bench-clv bench-train bench-serve bench-score bench-refresh ## Run every benchmark and print its figures
 
 .PHONY: bench-features
 bench-features: setup ## Features for 10M synthetic transactions of 1M customers from Parquet: time, memory, vs lifetimes
@@ -216,6 +216,10 @@ bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow
 .PHONY: bench-score
 bench-score: setup ## make score on 1M synthetic customers / 10M transactions: local engine, then Spark
 	$(BIN)/python -m benchmarks.bench_score --customers $(BENCH_CUSTOMERS)
+
+.PHONY: bench-refresh
+bench-refresh: setup ## make refresh of the bench-score data at two dates against one make score of it (target: within 1.5x)
+	$(BIN)/python -m benchmarks.bench_refresh --customers $(BENCH_CUSTOMERS)
 
 .PHONY: bench-uplift
 bench-uplift: setup ## Uplift on Hillstrom, the issue's protocol (70/30 by arm and outcome, seeds 0-4): Qini, uplift@30%, policy

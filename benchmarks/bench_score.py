@@ -62,6 +62,20 @@ def train_champions(env: dict[str, str]) -> None:
         os.environ.update(saved)
 
 
+def bench_env(folder: Path) -> dict[str, str]:
+    """The environment of the benchmark's commands: a temporary MLflow store and segment folder under
+    ``folder``, and the allocator settings the Makefile exports."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
+        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
+        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "4294967296"),
+        "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", "68719476736"),
+        "MALLOC_TOP_PAD_": os.environ.get("MALLOC_TOP_PAD_", "268435456"),
+    }
+
+
 def run_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
@@ -81,15 +95,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     tx_path, config_path = dataset_files(args.customers)
     folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-score-"))
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-        "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
-        "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
-        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "4294967296"),
-        "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", "68719476736"),
-        "MALLOC_TOP_PAD_": os.environ.get("MALLOC_TOP_PAD_", "268435456"),
-    }
+    env = bench_env(folder)
     print("training champions on 20,000 synthetic customers into a temporary store ...")
     train_champions(env)
     valuecast = str(Path(sys.executable).with_name("valuecast"))

@@ -532,6 +532,11 @@ class CustomerScore(BaseModel):
     action: str | None = None
     suppressed: bool | None = None
     suppression_reason: str | None = None
+    macro_segment: str | None = Field(
+        default=None,
+        description="the customer's macro segment (needs-based group found from behaviour, named from what sets it "
+        "apart); present where the dataset has a macro_segment champion",
+    )
 
     model_config = ConfigDict(extra="allow")
 

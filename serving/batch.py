@@ -51,7 +51,7 @@ from serving.scoring import (
     suppression_facts,
     with_segments,
 )
-from serving.segments import micro
+from serving.segments import macro, micro
 from serving.segments.rules import freeze, latest_frozen, load_frozen, load_rules, summary, write_frozen
 from training.uplift import NO_ACTION, arm_slug
 
@@ -196,12 +196,12 @@ def _chunks(ids: list[str], size: int) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
 
 
-def _subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = None) -> Dataset:
+def customer_subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = None) -> Dataset:
     """The dataset restricted to some customers (features are per customer, so scores do not change);
     ``rows``: their row positions when known already."""
     assert dataset.transactions is not None
     tx = dataset.transactions.frame
-    keep = rows if rows is not None else _rows_of(tx["customer_id"], ids)
+    keep = rows if rows is not None else rows_of_customers(tx["customer_id"], ids)
     checked = type(dataset.transactions)(
         tx.iloc[keep] if rows is not None else tx.loc[keep],
         dataset.transactions.quarantine,
@@ -210,7 +210,7 @@ def _subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = None) ->
     return Dataset(dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads)
 
 
-def _rows_of(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
+def rows_of_customers(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
     """Rows whose customer is one of ``ids``; through the category codes when the ids are categorical."""
     if isinstance(customer_id.dtype, pd.CategoricalDtype):
         wanted = customer_id.cat.categories.astype(str).get_indexer(pd.Index(ids, dtype=object))
@@ -290,7 +290,7 @@ def model_scores_of_dataset(
     chunks = _chunks(ids, CHUNK_CUSTOMERS)
     rows = _rows_by_chunk(dataset, ids, len(chunks)) if len(chunks) > 1 else None
     for number, chunk in enumerate(chunks, start=1):
-        part = dataset if rows is None else _subset(dataset, chunk, rows[number - 1])
+        part = dataset if rows is None else customer_subset(dataset, chunk, rows[number - 1])
         chunk_scores, chunk_facts = model_scores(champions, part, as_of, chunk, attributes=customers)
         scores.append(chunk_scores)
         facts.append(chunk_facts)
@@ -559,6 +559,8 @@ def _score_into(
     }
     if uses_uplift(champions, dataset):
         info["uplift"] = micro.action_mix(scores)
+    if (macro_profiles := macro.profiles(scores)) is not None:
+        info["macro_segments"] = macro_profiles.to_dict(orient="records")
     progress("writing", 0, 1)
     if engine != "spark" or uses_uplift(champions, dataset):  # Spark wrote the scores unless uplift joined them
         scores.to_parquet(work / "scores.parquet", index=False)

@@ -1,6 +1,6 @@
 """Drift of the champions' inputs and scores, measured at each refresh (issue 16, item 5).
 
-For every customer model a dataset serves (churn, propensity, CLV), the reference is what the model
+For every customer model a dataset serves (churn, propensity, CLV, macro segments), the reference is what the model
 was trained on: its inputs as of its latest training cut-off (read from the run's ``train_cutoffs``
 parameter) computed from the same transaction log. The refresh's population as of the new date is
 compared with it by the population stability index (PSI) of every model input and of the model's
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from features.io import Dataset
-from serving.scoring import CUSTOMER_FAMILIES, Champions, Served, shares_features
+from serving.scoring import CUSTOMER_FAMILIES, MACRO_FAMILIES, Champions, Served, shares_features
 from training.btyd import BTYD_FEATURES
 from training.columns import without_columns
 from training.common import CustomerModel
@@ -30,6 +30,10 @@ from training.common import CustomerModel
 PSI_THRESHOLD = 0.25
 SCORE_PSI_THRESHOLD = 0.25
 MAX_AGE_DAYS = 180
+# Customers drift is measured on: a larger base is sampled (the same customers at both dates). With
+# 200,000 customers a PSI over deciles has a sampling error near 1e-4, far below any threshold, and a
+# refresh of a million customers does not build every feature table twice more.
+DRIFT_SAMPLE = 200_000
 SMOOTHING = 1e-4
 _LAST_TRAIN_CUTOFF = re.compile(r"train cut-offs \d{4}-\d{2}-\d{2}\.\.(\d{4}-\d{2}-\d{2})")
 
@@ -78,13 +82,36 @@ def reference_cutoff(served: Served, client: Any) -> pd.Timestamp | None:
     return pd.Timestamp(found.group(1)) if found else None
 
 
-SCORE_COLUMNS = {"churn": "churn_probability", "propensity": "purchase_probability", "clv": "clv"}
+# Macro segments: the segment numbers, compared as categories (psi bins few distinct values one each).
+SCORE_COLUMNS = {
+    "churn": "churn_probability",
+    "propensity": "purchase_probability",
+    "clv": "clv",
+    "macro_segment": "macro_segment_id",
+}
 
 
 def main_score(served: Served, scores: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
     """The score a family's drift is measured on (the one the segments read)."""
     name = SCORE_COLUMNS[served.family]
     return name, np.asarray(scores[name], dtype=float)
+
+
+def sampled(dataset: Dataset, limit: int = DRIFT_SAMPLE, seed: int = 0) -> Dataset:
+    """The dataset restricted to a random sample of at most ``limit`` customers (features are per
+    customer, so each sampled customer's inputs are exactly those of a full build)."""
+    from serving.batch import customer_subset
+
+    assert dataset.transactions is not None
+    column = dataset.transactions.frame["customer_id"]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        ids = column.cat.categories.astype(str)
+    else:
+        ids = pd.Index(pd.unique(column.astype(str)))
+    if len(ids) <= limit:
+        return dataset
+    chosen = np.sort(np.random.default_rng(seed).choice(len(ids), limit, replace=False))
+    return customer_subset(dataset, ids[chosen].tolist())
 
 
 def measure(
@@ -95,13 +122,16 @@ def measure(
     psi_threshold: float = PSI_THRESHOLD,
     score_threshold: float = SCORE_PSI_THRESHOLD,
 ) -> list[FamilyDrift]:
-    """Drift of each customer champion's inputs and score, as of ``as_of`` against its training data."""
+    """Drift of each customer champion's inputs and score, as of ``as_of`` against its training data,
+    on at most :data:`DRIFT_SAMPLE` customers."""
     from training import tracking
+
+    dataset = sampled(dataset)
 
     client = tracking.connect()
     found = []
     built: dict[pd.Timestamp, tuple[CustomerModel, pd.DataFrame]] = {}
-    for family in CUSTOMER_FAMILIES:
+    for family in (*CUSTOMER_FAMILIES, *MACRO_FAMILIES):
         served = champions.models.get(family)
         if served is None:
             continue
@@ -113,7 +143,7 @@ def measure(
             continue  # a run without the parameter (an older version): only the age is checked
         model = served.model
         before, now = features(model, dataset, cutoff, built), features(model, dataset, as_of, built)
-        for column in model.columns:
+        for column in model.input_columns:
             if column in before and column in now and pd.api.types.is_numeric_dtype(before[column]):
                 value = psi(before[column].to_numpy(float), now[column].to_numpy(float))
                 drift.rows.append(_row("input", column, value, psi_threshold))

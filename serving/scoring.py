@@ -46,7 +46,11 @@ LEAD_FAMILIES = ("lead_score",)
 # POST /score answers with the uplift champion too: alone for a dataset whose customers come as
 # attribute rows (Hillstrom), or next to the customer models' columns where a dataset has both.
 UPLIFT_FAMILIES = ("uplift",)
-ENDPOINT_FAMILIES = (*CUSTOMER_FAMILIES, *LEAD_FAMILIES, *UPLIFT_FAMILIES)
+# Macro segments come with the customer models' columns where the dataset has a champion of them.
+MACRO_FAMILIES = ("macro_segment",)
+ENDPOINT_FAMILIES = (*CUSTOMER_FAMILIES, *LEAD_FAMILIES, *UPLIFT_FAMILIES, *MACRO_FAMILIES)
+# Families a dataset may go without: their absence is not a problem of the endpoint.
+OPTIONAL_FAMILIES = (*UPLIFT_FAMILIES, *MACRO_FAMILIES)
 DATASETS_ENV = "VALUECAST_DATASETS"
 # Feature columns that describe the gaps between orders: unknown (missing) for a customer without history.
 UNKNOWN_FOR_NEW = (
@@ -239,12 +243,12 @@ def load_champions(
             continue
         registered[family] = name
     # An uplift model scores attribute rows on its own: a dataset with one needs no customer models.
-    entities = {families.get(f).entity for f in registered if f in ENDPOINT_FAMILIES and f not in UPLIFT_FAMILIES}
+    entities = {families.get(f).entity for f in registered if f in ENDPOINT_FAMILIES and f not in OPTIONAL_FAMILIES}
     for family in families.names():
         if family not in ENDPOINT_FAMILIES:
             continue
         if family not in registered:
-            if family not in UPLIFT_FAMILIES and families.get(family).entity in entities:
+            if family not in OPTIONAL_FAMILIES and families.get(family).entity in entities:
                 champions.problems[family] = f"no registered model {families.registered_name(family, dataset)}"
             continue
         name = registered[family]
@@ -582,6 +586,9 @@ def _stamps(champions: Champions, frozen: FrozenSegments, as_of: pd.Timestamp | 
     stamps = {"as_of": pd.Timestamp(as_of).strftime("%Y-%m-%d")}
     for family in CUSTOMER_FAMILIES:
         stamps[f"{family}_model_version"] = champions.models[family].version
+    for family in MACRO_FAMILIES:
+        if family in champions.models:
+            stamps[f"{family}_model_version"] = champions.models[family].version
     stamps["segment_version"] = frozen.version
     return stamps
 
@@ -624,6 +631,9 @@ def model_scores(
     out = pd.DataFrame(
         {"customer_id": ids, **_model_outputs(champions, clv_features, churn_features, propensity_features)}
     )
+    if (macro := macro_model(champions)) is not None:
+        macro_features = _reuse_or_build(macro, clv_model, clv_features, dataset, ids, as_of)
+        out["macro_segment"] = macro.score_columns(macro_features)["macro_segment"]
 
     facts = pd.DataFrame(index=out.index)
     facts["total_spend"] = clv_features["total_spend"].to_numpy()
@@ -661,14 +671,28 @@ def _reuse_or_build(
 
 
 def shares_features(model: CustomerModel, reference: CustomerModel) -> bool:
-    return model.categories == reference.categories and model.encoder is None and reference.encoder is None
+    """Whether ``model`` reads the feature table built for ``reference`` (same categories, no attributes,
+    no columns of its own such as the macro segments' Q4 share)."""
+    return (
+        model.categories == reference.categories
+        and model.encoder is None
+        and reference.encoder is None
+        and not model.own_features
+        and not reference.own_features
+    )
+
+
+def macro_model(champions: Champions) -> CustomerModel | None:
+    """The dataset's macro segment champion, None where it has none."""
+    served = champions.models.get(MACRO_FAMILIES[0])
+    return served.model if served is not None else None
 
 
 def histories_problem(champions: Champions) -> str | None:
     """Why :func:`score_histories` cannot score for these champions (None: it can)."""
-    models = [champions.models[f].model for f in CUSTOMER_FAMILIES]
+    models = [champions.models[f].model for f in (*CUSTOMER_FAMILIES, *MACRO_FAMILIES) if f in champions.models]
     if not all(shares_features(m, models[0]) for m in models):
-        return "the champions read customer attributes or different categories"
+        return "the champions read customer attributes, different categories or columns of their own (a Q4 share)"
     return None
 
 
@@ -712,6 +736,8 @@ def score_histories(
     churn_features = champions.models["churn"].model.add_btyd(built)
     propensity_features = champions.models["propensity"].model.add_btyd(built)
     scores = _model_outputs(champions, clv_features, churn_features, propensity_features)
+    if (macro := macro_model(champions)) is not None:
+        scores["macro_segment"] = macro.score_columns(built)["macro_segment"]
 
     refund = amount < 0
     facts = {

@@ -85,6 +85,7 @@ from serving.api import (
 from serving.scoring import (
     CUSTOMER_FAMILIES,
     LEAD_FAMILIES,
+    MACRO_FAMILIES,
     UPLIFT_FAMILIES,
     Catalog,
     Champions,
@@ -127,6 +128,7 @@ OUTPUT_COLUMNS = (
     "action",
     "suppressed",
     "suppression_reason",
+    "macro_segment",
 )
 
 
@@ -560,7 +562,7 @@ class ValueService:
                 "dataset": champions.dataset,
                 "as_of": as_of.strftime("%Y-%m-%d"),
                 "customers": records,
-                "models": champions.versions((*CUSTOMER_FAMILIES, *UPLIFT_FAMILIES)),
+                "models": champions.versions((*CUSTOMER_FAMILIES, *UPLIFT_FAMILIES, *MACRO_FAMILIES)),
                 "segment_version": champions.frozen.version if champions.frozen else None,
             }
         )

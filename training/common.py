@@ -249,6 +249,10 @@ class CustomerModel(PythonModel):
     features once for every model).
     """
 
+    # Whether :meth:`features` adds columns of its own to the shared feature table (then scoring
+    # builds this model's table apart instead of reusing another model's).
+    own_features = False
+
     def __init__(
         self,
         dataset_config: DatasetConfig,
@@ -264,6 +268,11 @@ class CustomerModel(PythonModel):
         self.columns = columns
         self.btyd = btyd
         self.horizon_days = horizon_days
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The feature table's columns the model reads (drift compares them with the training data's)."""
+        return list(self.columns)
 
     def features(self, dataset: Dataset, as_of: pd.Timestamp | str) -> pd.DataFrame:
         """The customer features as of ``as_of`` plus, when the model uses them, the outputs of the

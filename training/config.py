@@ -92,6 +92,28 @@ class UpliftSettings(_Strict):
         return self
 
 
+class MacroSettings(_Strict):
+    """Macro segments: the methods and numbers of segments tried, and what makes a segmentation usable."""
+
+    k_min: int = Field(default=3, ge=2, le=12, description="Fewest segments tried.")
+    k_max: int = Field(default=8, ge=2, le=12, description="Most segments tried.")
+    bootstrap: int = Field(default=10, ge=2, le=100, description="Bootstrap fits for the stability figure.")
+    min_stability: float = Field(
+        default=0.8, gt=0, le=1, description="Mean adjusted Rand index over the bootstrap fits a segmentation needs."
+    )
+    max_fit_customers: int = Field(
+        default=50_000, ge=100, description="Customers sampled for fitting (all customers are assigned)."
+    )
+    silhouette_sample: int = Field(default=5_000, ge=100, description="Customers sampled for the silhouette.")
+    min_share: float = Field(default=0.02, ge=0, lt=0.5, description="A segment smaller than this share is refused.")
+
+    @model_validator(mode="after")
+    def _range(self) -> MacroSettings:
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max {self.k_max} is below k_min {self.k_min}")
+        return self
+
+
 class ModelConfig(_Strict):
     """Everything a training run of one family on one dataset depends on."""
 
@@ -149,6 +171,9 @@ class ModelConfig(_Strict):
     xgboost: XGBoostParams = XGBoostParams()
     guards: Guards = Guards()
     uplift: UpliftSettings | None = Field(default=None, description="Uplift family only (configs/models/uplift.yaml).")
+    macro: MacroSettings | None = Field(
+        default=None, description="Macro segment family only (configs/models/macro_segment.yaml)."
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -47,6 +47,7 @@ SUMMARY_METRICS = {
     "classifier": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
     "regression": ("gini_normalized", "top20_capture", "aggregate_error", "spearman"),
     "uplift": ("qini_auc", "qini_auc_lo", "qini_auc_hi", "uplift_at_30", "uplift_at_30_lo", "uplift_at_30_hi"),
+    "segmentation": ("silhouette", "stability_ari", "segments", "kruskal_h", "kruskal_p"),
 }
 
 

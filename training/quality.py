@@ -34,10 +34,13 @@ PLAN = (
     ("online_retail", "clv"),
     ("x_education", "lead_score"),
     ("telco", "churn"),
+    ("cdnow", "macro_segment"),
+    ("online_retail", "macro_segment"),
 )
 SHOWN = {
     "classifier": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
     "regression": ("gini_normalized", "top20_capture", "aggregate_error", "spearman"),
+    "segmentation": ("silhouette", "stability_ari", "segments", "kruskal_h", "kruskal_p"),
 }
 KEPT_SECTION = ("<!-- uplift-hillstrom: begin", "<!-- uplift-hillstrom: end -->")
 
@@ -75,6 +78,15 @@ def _clv_cdnow(trained: Trained) -> tuple[bool, str]:
     return not misses, detail + ("; missed: " + "; ".join(misses) if misses else "")
 
 
+def _macro_online_retail(trained: Trained) -> tuple[bool, str]:
+    m, fits = trained.report.metrics, (trained.params.get("macro") or {}).get("bootstrap")
+    ok = m["stability_ari"] >= 0.8 and m["kruskal_p"] < 0.05 and fits == 10
+    return ok, (
+        f"{trained.candidate}, {int(m['segments'])} segments: stability ARI {m['stability_ari']:.3f} over {fits} "
+        f"bootstrap fits, Kruskal-Wallis H {m['kruskal_h']:.1f} (p {m['kruskal_p']:.2e})"
+    )
+
+
 TARGETS = (
     Target(
         "cdnow", "churn", "CDNOW churn ROC AUC >= 0.742 (90-day horizon, default split)", _at_least("roc_auc", 0.742)
@@ -93,6 +105,13 @@ TARGETS = (
         _at_least("roc_auc", 0.90),
     ),
     Target("telco", "churn", "Telco churn ROC AUC >= 0.85", _at_least("roc_auc", 0.85)),
+    Target(
+        "online_retail",
+        "macro_segment",
+        "Online Retail macro segments: stability ARI >= 0.8 over 10 bootstrap fits; next-horizon spend differs "
+        "across segments (Kruskal-Wallis, p < 0.05)",
+        _macro_online_retail,
+    ),
 )
 
 

@@ -66,6 +66,10 @@ STRING_COLUMNS = (
     "suppression_reason",
     *(f"{family}_model_version" for family in CUSTOMER_FAMILIES),
     "segment_version",
+    # where the dataset has a macro segment champion (empty otherwise): a customer's path through the
+    # macro segments reads back from the history like the value segments'
+    "macro_segment",
+    "macro_segment_model_version",
 )
 BOOL_COLUMNS = ("lapsed", "suppressed")
 FLOAT_COLUMNS = (
