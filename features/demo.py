@@ -85,7 +85,12 @@ def run_demo(
             cutoff = as_of or pd.Timestamp(DEMO_AS_OF.get(name, default_as_of(dataset)))
             feature_set = build_customer_features(dataset, cutoff)
             labels = build_customer_labels(
-                dataset, feature_set.frame["customer_id"], cutoff, horizon_days, feature_set.categories
+                dataset,
+                feature_set.frame["customer_id"],
+                cutoff,
+                horizon_days,
+                feature_set.categories,
+                feature_set.events,
             )
             write_frame(feature_set.frame, target / "features.parquet")
             write_frame(labels, target / "labels.parquet")

@@ -177,7 +177,12 @@ def labels(
         with step(f"labels for {horizon_days} days from {cutoff:%Y-%m-%d}"):
             feature_set = build_customer_features(dataset, cutoff)
             frame = build_customer_labels(
-                dataset, feature_set.frame["customer_id"], cutoff, horizon_days, feature_set.categories
+                dataset,
+                feature_set.frame["customer_id"],
+                cutoff,
+                horizon_days,
+                feature_set.categories,
+                feature_set.events,
             )
         _finish(dataset, out, frame, "customers")
 
