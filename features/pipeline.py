@@ -171,6 +171,13 @@ def build_customer_labels(
     return labels
 
 
+def labels_for(dataset: Dataset, features: FeatureSet, as_of: pd.Timestamp | str, horizon_days: int) -> pd.DataFrame:
+    """:func:`build_customer_labels` for the customers, categories and events of a feature set."""
+    return build_customer_labels(
+        dataset, features.frame["customer_id"], as_of, horizon_days, features.categories, features.events
+    )
+
+
 def build_lead_features(dataset: Dataset, encoder: AttributeEncoder | None = None) -> FeatureSet:
     """Encoded lead attributes, with ``converted`` kept as the label where the data has it."""
     if dataset.leads is None:

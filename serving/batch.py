@@ -207,7 +207,12 @@ def _subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = None) ->
         dataset.transactions.quarantine,
         dataset.transactions.problems,
     )
-    return Dataset(dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads)
+    events = dataset.events
+    if events is not None:
+        events = type(events)(events.frame.loc[_rows_of(events.frame["customer_id"], ids)], events.quarantine)
+    return Dataset(
+        dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads, events=events
+    )
 
 
 def _rows_of(customer_id: pd.Series, ids: list[str]) -> np.ndarray:

@@ -205,9 +205,10 @@ RFM_COLUMNS = ("days_since_last_order", "order_count", "avg_order_value")
 class InputRowsError(ValueError):
     """Rows sent for scoring that the dataset's rules reject; ``problems`` name column, rows and fix."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], table: str = "transactions") -> None:
         super().__init__("; ".join(p.message() for p in problems))
         self.problems = problems
+        self.table = table  # the request's table they are rows of: transactions or events
 
 
 def request_dataset(config: DatasetConfig, transactions: pd.DataFrame, events: pd.DataFrame | None = None) -> Dataset:
@@ -255,9 +256,9 @@ def _checked_request_rows(
     try:
         checked = check_table(frame, table, config, kind, "request")
     except NoUsableRowsError as exc:
-        raise InputRowsError([p for p in exc.problems if p.quarantined]) from exc
+        raise InputRowsError([p for p in exc.problems if p.quarantined], kind) from exc
     if not checked.quarantine.empty:
-        raise InputRowsError([p for p in checked.problems if p.quarantined])
+        raise InputRowsError([p for p in checked.problems if p.quarantined], kind)
     return checked
 
 
