@@ -30,6 +30,9 @@ LEAD_OPTIONAL = ("created_at", "converted")
 # A campaign log: who got which arm (the control arm included) and, optionally, when and what followed.
 CAMPAIGN_OUTCOMES = ("visit", "conversion", "spend")
 CAMPAIGN_COLUMNS = ("customer_id", "arm", "sent_at", *CAMPAIGN_OUTCOMES)
+# A behaviour event log: who did what when (a purchase in a category, an e-mail click, a feature used).
+EVENT_REQUIRED = ("customer_id", "timestamp", "event")
+EVENT_OPTIONAL = ("value",)
 # Model inputs derived from a lead's created_at (day of week 0 = Monday, month 1-12, hour 0-23).
 LEAD_CALENDAR = ("created_dow", "created_month", "created_hour")
 SUPPRESSION_FLAGS = ("do_not_contact", "opted_out")
@@ -226,6 +229,20 @@ class CampaignTableConfig(TableConfig):
         return self
 
 
+class EventTableConfig(TableConfig):
+    """A behaviour event log: one row per event of a customer (customer_id, timestamp, event name,
+    optional value). Event names are other people's text: they reach column names only through
+    :func:`features.events.event_slug`, and a file with more distinct names than
+    ``max_distinct_events`` (free text or ids mapped as the event) stops the run."""
+
+    max_distinct_events: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most distinct event names the file may hold; more means the event column is not a type.",
+    )
+
+
 class CategoryKeywords(_Strict):
     """Derive the contract's ``category`` from a free-text column by keywords (first match wins)."""
 
@@ -238,6 +255,9 @@ class FeatureSettings(_Strict):
     """Feature settings that depend on the business rather than on the code."""
 
     top_categories: int = Field(default=5, ge=0, le=50, description="Spend shares for the top-K categories.")
+    top_events: int = Field(
+        default=5, ge=0, le=50, description="Events table: count, recency and share features for the top-K events."
+    )
     windows_days: tuple[int, ...] = (30, 90, 180, 365)
     churn_lookback_days: int = Field(
         default=365, gt=0, description="A customer counts for the churn label if active in this window."
@@ -257,6 +277,7 @@ class DatasetConfig(_Strict):
     customers: TableConfig | None = None
     leads: TableConfig | None = None
     campaigns: CampaignTableConfig | None = None
+    events: EventTableConfig | None = None
     missing_values: list[str] = Field(
         default_factory=list, description="Labels that mean 'not answered' in any column, e.g. 'Select'."
     )
@@ -267,7 +288,7 @@ class DatasetConfig(_Strict):
     category_keywords: CategoryKeywords | None = None
     features: FeatureSettings = FeatureSettings()
 
-    @field_validator("transactions", "customers", "leads", "campaigns")
+    @field_validator("transactions", "customers", "leads", "campaigns", "events")
     @classmethod
     def _known_contract_columns(cls, table: TableConfig | None, info: Any) -> TableConfig | None:
         if table is None:
@@ -277,6 +298,7 @@ class DatasetConfig(_Strict):
             "customers": {"customer_id", *CUSTOMER_OPTIONAL},
             "leads": {"lead_id", *LEAD_OPTIONAL},
             "campaigns": set(CAMPAIGN_COLUMNS),
+            "events": {*EVENT_REQUIRED, *EVENT_OPTIONAL},
         }[info.field_name]
         for name in [*table.columns, *table.derived]:
             if name not in allowed:
@@ -300,6 +322,11 @@ class DatasetConfig(_Strict):
     def _has_a_table(self) -> DatasetConfig:
         if self.transactions is None and self.customers is None and self.leads is None and self.campaigns is None:
             raise ValueError("a dataset needs at least one of 'transactions', 'customers', 'leads' or 'campaigns'")
+        if self.events is not None and self.transactions is None:
+            raise ValueError(
+                "events: an events table describes the customers of a transactions table (its features and "
+                "labels are per customer as of a cut-off in the transaction log): add a transactions table"
+            )
         campaigns = self.campaigns
         outcomes = campaigns is not None and any(o in campaigns.columns for o in CAMPAIGN_OUTCOMES)
         if campaigns is not None and self.transactions is None and not outcomes:

@@ -16,9 +16,9 @@ from features.config import load_dataset_config
 from features.io import Dataset, DatasetMissingError, load_dataset, write_frame, write_quarantine
 from features.pipeline import (
     build_customer_features,
-    build_customer_labels,
     build_lead_features,
     default_as_of,
+    labels_for,
 )
 from features.validate import Checked
 
@@ -84,9 +84,7 @@ def run_demo(
         else:
             cutoff = as_of or pd.Timestamp(DEMO_AS_OF.get(name, default_as_of(dataset)))
             feature_set = build_customer_features(dataset, cutoff)
-            labels = build_customer_labels(
-                dataset, feature_set.frame["customer_id"], cutoff, horizon_days, feature_set.categories
-            )
+            labels = labels_for(dataset, feature_set, cutoff, horizon_days)
             write_frame(feature_set.frame, target / "features.parquet")
             write_frame(labels, target / "labels.parquet")
             row.update(entities=f"{len(feature_set.frame):,} customers", features=feature_set.frame.shape[1] - 2)

@@ -56,9 +56,10 @@ class Dataset:
     customers: Checked | None = None
     leads: Checked | None = None
     campaigns: Checked | None = None
+    events: Checked | None = None
 
     def checked_tables(self) -> Iterator[tuple[str, Checked]]:
-        for kind in ("transactions", "customers", "leads", "campaigns"):
+        for kind in ("transactions", "customers", "leads", "campaigns", "events"):
             checked = getattr(self, kind)
             if checked is not None:
                 yield kind, checked
@@ -384,11 +385,13 @@ def load_dataset(
     *,
     as_of: pd.Timestamp | None = None,
     now: pd.Timestamp | None = None,
-    kinds: tuple[Kind, ...] = ("transactions", "customers", "leads", "campaigns"),
+    kinds: tuple[Kind, ...] = ("transactions", "customers", "leads", "campaigns", "events"),
 ) -> Dataset:
     """Read and check every configured table of the given kinds; a campaign log also gets the
-    checks of :func:`features.campaigns.check_campaigns` (arms, control, rows per arm, randomisation)."""
+    checks of :func:`features.campaigns.check_campaigns` (arms, control, rows per arm, randomisation),
+    an event log those of :func:`features.events.check_events` (names, customers the others know)."""
     from features.campaigns import check_campaigns
+    from features.events import check_events
 
     dataset = Dataset(config)
     now = now if now is not None else pd.Timestamp.now()
@@ -405,6 +408,8 @@ def load_dataset(
             checked = _join_label(config, table, raw, checked)
         if kind == "campaigns":
             checked = check_campaigns(checked, config.campaigns, str(path), config.source_file)  # type: ignore[arg-type]
+        if kind == "events":
+            checked = check_events(checked, config, str(path), known_customers(dataset))
         setattr(dataset, kind, checked)
     unknown = sorted(set(config.value_maps) - seen_columns)
     if unknown and {"transactions", "customers", "leads"} <= set(kinds):
@@ -413,6 +418,18 @@ def load_dataset(
             "check the spelling against the file's header"
         )
     return dataset
+
+
+def known_customers(dataset: Dataset) -> pd.Index | None:
+    """The customer ids of the transactions and customers tables read so far (None: neither is)."""
+    parts = [
+        pd.Series(t.frame["customer_id"].unique()).astype("string")  # a categorical's used values: fast
+        for t in (dataset.transactions, dataset.customers)
+        if t is not None
+    ]
+    if not parts:
+        return None
+    return pd.Index(pd.concat(parts, ignore_index=True).dropna().unique())
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """Outcomes after a cut-off: what each customer known at ``as_of`` did in the next ``horizon_days``.
 
 - ``purchased``: at least one purchase in [as_of, as_of + horizon); ``purchased_<category>`` per category.
+- ``event_<event>`` per event of an events table: the event happened in the window (:func:`event_labels`,
+  which also gives the per-category labels: a category purchase is an event).
 - ``future_spend``: purchase spend in the window (refunds are reported apart, as ``future_refunds``);
   ``future_orders``: orders in the window.
 - ``churned``: for customers with a purchase in the look-back window before ``as_of``, 1 if they
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from features.transactions import category_column
+from features.events import FROM_CATEGORIES, EventNames
 from features.validate import DataError
 
 
@@ -43,6 +45,37 @@ def _codes_in(ids: pd.Index, customer_id: pd.Series) -> np.ndarray:
         codes = customer_id.cat.codes.to_numpy()
         return np.where(codes >= 0, positions[codes], -1)
     return np.asarray(ids.get_indexer(customer_id.astype("string")))
+
+
+def event_labels(
+    code: np.ndarray, n: int, in_window: np.ndarray, event: pd.Series, chosen: Sequence[str], names: EventNames
+) -> dict[str, np.ndarray]:
+    """Per chosen event, 1 for the ``n`` customers with that event among the rows ``in_window``
+    (``code``: each row's customer position 0..n-1, -1 for none). One function for an events table's
+    events and a transaction log's category purchases."""
+    text = event.to_numpy(dtype=object)
+    return {
+        names.label(name): (np.bincount(code[in_window & (text == name)], minlength=n) > 0).astype(np.int8)
+        for name in chosen
+    }
+
+
+def compute_event_labels(
+    events: pd.DataFrame,
+    customer_ids: Sequence[str] | pd.Series,
+    as_of: pd.Timestamp | str,
+    horizon_days: int,
+    chosen: Sequence[str],
+    names: EventNames,
+) -> pd.DataFrame:
+    """``event_<event>`` for ``customer_ids``: the event happened in [as_of, as_of + horizon)."""
+    as_of = pd.Timestamp(as_of).normalize()
+    ids = pd.Index(pd.array(customer_ids, dtype="string"), name="customer_id")
+    code = _codes_in(ids, events["customer_id"])
+    ts = events["timestamp"]
+    in_window = (code >= 0) & (ts >= as_of).to_numpy() & (ts < label_window_end(as_of, horizon_days)).to_numpy()
+    labels = event_labels(code, len(ids), in_window, events["event"].astype("string"), chosen, names)
+    return pd.DataFrame(labels, index=ids).reset_index()
 
 
 def compute_transaction_labels(
@@ -102,10 +135,8 @@ def compute_transaction_labels(
     labels["churned"] = churned
 
     if "category" in transactions.columns:
-        category = transactions["category"].astype("string").fillna("(none)").to_numpy(dtype=object)
-        for name in categories:
-            hit = window_purchase & (category == name)
-            column = category_column(name).replace("category_share_", "purchased_")
-            labels[column] = (np.bincount(code[hit], minlength=n) > 0).astype(np.int8)
+        category = transactions["category"].astype("string").fillna("(none)")
+        for column, values in event_labels(code, n, window_purchase, category, categories, FROM_CATEGORIES).items():
+            labels[column] = values
     labels["label_window_days"] = horizon_days
     return labels.reset_index()

@@ -6,14 +6,15 @@ Pure functions over a :class:`features.io.Dataset`; reading and writing stay in 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from features.attributes import AttributeEncoder
 from features.config import CUSTOMER_OPTIONAL, LEAD_OPTIONAL, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
+from features.events import FROM_EVENTS, event_features, top_events
 from features.io import Dataset
-from features.labels import check_horizon, compute_transaction_labels
+from features.labels import check_horizon, compute_event_labels, compute_transaction_labels
 from features.transactions import compute_transaction_features, top_categories
 from features.validate import ROW, DataError
 
@@ -28,6 +29,7 @@ class FeatureSet:
     frame: pd.DataFrame
     categories: list[str]
     encoder: AttributeEncoder | None
+    events: list[str] = field(default_factory=list)  # the events table's top-K events (their features)
 
 
 def attribute_columns(frame: pd.DataFrame) -> list[str]:
@@ -70,10 +72,12 @@ def build_customer_features(
     *,
     categories: Sequence[str] | None = None,
     encoder: AttributeEncoder | None = None,
+    events: Sequence[str] | None = None,
 ) -> FeatureSet:
-    """Customer features as of ``as_of`` (transactions strictly before it) with encoded attributes.
+    """Customer features as of ``as_of`` (transactions strictly before it) with encoded attributes,
+    and with an events table the features of its top-K events (:mod:`features.events`).
 
-    Pass the ``categories`` and fitted ``encoder`` of an earlier call to get identical columns.
+    Pass the ``categories``, ``events`` and fitted ``encoder`` of an earlier call to get identical columns.
     """
     as_of = pd.Timestamp(as_of).normalize()
     settings = dataset.config.features
@@ -90,6 +94,7 @@ def build_customer_features(
     else:
         raise DataError(f"dataset '{dataset.config.name}' has no customers or transactions (only leads)")
 
+    frame, events = _with_event_features(dataset, frame, as_of, events)
     attributes = _customer_attributes(dataset, as_of)
     if len(attributes.columns):
         aligned = attributes.reindex(pd.Index(frame["customer_id"]))
@@ -98,13 +103,36 @@ def build_customer_features(
         encoded = encoder.transform(aligned).reset_index(drop=True)
         frame = pd.concat([frame, encoded], axis=1)
     frame.insert(1, "as_of", as_of)
-    return FeatureSet(frame, list(categories or []), encoder)
+    return FeatureSet(frame, list(categories or []), encoder, events)
+
+
+def _with_event_features(
+    dataset: Dataset, frame: pd.DataFrame, as_of: pd.Timestamp, events: Sequence[str] | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """The frame with the features of ``events`` (default: the events table's top-K before ``as_of``)."""
+    if dataset.events is None:
+        if events:
+            raise DataError(
+                f"dataset '{dataset.config.name}': the model reads the events {list(events)[:3]}... but the "
+                "data has no events table: add the events table the model was trained with"
+            )
+        return frame, []
+    log = dataset.events.frame
+    chosen = list(events) if events is not None else top_events(log, as_of, dataset.config.features.top_events)
+    columns = event_features(log, frame["customer_id"], as_of, chosen)
+    return frame.assign(**columns), chosen
 
 
 def build_customer_labels(
-    dataset: Dataset, customer_ids: pd.Series, as_of: pd.Timestamp | str, horizon_days: int, categories: Sequence[str]
+    dataset: Dataset,
+    customer_ids: pd.Series,
+    as_of: pd.Timestamp | str,
+    horizon_days: int,
+    categories: Sequence[str],
+    events: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Outcomes for the customers of a feature table; a snapshot's churn flag where there is no log."""
+    """Outcomes for the customers of a feature table; a snapshot's churn flag where there is no log;
+    ``event_<event>`` per event of ``events`` from the events table."""
     as_of = pd.Timestamp(as_of).normalize()
     if dataset.transactions is None:
         customers = dataset.customers.frame if dataset.customers is not None else None
@@ -132,8 +160,22 @@ def build_customer_labels(
         categories=categories,
         cancellations=cancellations,
     )
+    if events and dataset.events is not None:
+        try:
+            check_horizon(dataset.events.frame, as_of, horizon_days)
+        except DataError as exc:
+            raise DataError(f"dataset '{dataset.config.name}', events table: {exc}") from exc
+        happened = compute_event_labels(dataset.events.frame, customer_ids, as_of, horizon_days, events, FROM_EVENTS)
+        labels = pd.concat([labels, happened.drop(columns=["customer_id"])], axis=1)
     labels.insert(1, "as_of", as_of)
     return labels
+
+
+def labels_for(dataset: Dataset, features: FeatureSet, as_of: pd.Timestamp | str, horizon_days: int) -> pd.DataFrame:
+    """:func:`build_customer_labels` for the customers, categories and events of a feature set."""
+    return build_customer_labels(
+        dataset, features.frame["customer_id"], as_of, horizon_days, features.categories, features.events
+    )
 
 
 def build_lead_features(dataset: Dataset, encoder: AttributeEncoder | None = None) -> FeatureSet:
@@ -189,9 +231,11 @@ def build_training_set(dataset: Dataset, cutoffs: Sequence[pd.Timestamp], horizo
     reference = build_customer_features(dataset, ordered[-1])
     parts = []
     for cutoff in ordered:
-        features = build_customer_features(dataset, cutoff, categories=reference.categories, encoder=reference.encoder)
+        features = build_customer_features(
+            dataset, cutoff, categories=reference.categories, encoder=reference.encoder, events=reference.events
+        )
         labels = build_customer_labels(
-            dataset, features.frame["customer_id"], cutoff, horizon_days, reference.categories
+            dataset, features.frame["customer_id"], cutoff, horizon_days, reference.categories, reference.events
         )
         joined = features.frame.merge(labels.drop(columns=["as_of"], errors="ignore"), on="customer_id")
         joined.insert(0, "cutoff", cutoff)

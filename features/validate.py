@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from features.codes import factorize
 from features.config import (
     DATE_ORDERS,
+    EVENT_REQUIRED,
     TRANSACTION_REQUIRED,
     DatasetConfig,
     TableConfig,
@@ -29,7 +30,7 @@ from features.config import (
 from features.expressions import ExpressionError, evaluate_expression, parse_expression
 
 ROW = "_row"
-Kind = Literal["transactions", "customers", "leads", "campaigns"]
+Kind = Literal["transactions", "customers", "leads", "campaigns", "events"]
 FIRST_ROWS_SHOWN = 5
 
 
@@ -345,9 +346,21 @@ def _apply_category_keywords(raw: pd.DataFrame, config: DatasetConfig, source: s
     return category.astype("string")
 
 
-ID_COLUMN = {"transactions": "customer_id", "customers": "customer_id", "leads": "lead_id", "campaigns": "customer_id"}
+ID_COLUMN = {
+    "transactions": "customer_id",
+    "customers": "customer_id",
+    "leads": "lead_id",
+    "campaigns": "customer_id",
+    "events": "customer_id",
+}
 # campaigns: the arm is required by its config (CampaignTableConfig); scoring maps no arm.
-REQUIRED = {"transactions": TRANSACTION_REQUIRED, "customers": ("customer_id",), "leads": (), "campaigns": ()}
+REQUIRED = {
+    "transactions": TRANSACTION_REQUIRED,
+    "customers": ("customer_id",),
+    "leads": (),
+    "campaigns": (),
+    "events": EVENT_REQUIRED,
+}
 DATE_COLUMNS = ("timestamp", "signup_date", "cancellation_date", "created_at", "sent_at")
 BINARY_COLUMNS = ("converted", "churned", "visit", "conversion")
 ROW_ID_PREFIX = "row-"
@@ -401,7 +414,8 @@ def check_table(
     if "amount" in out.columns:
         _flag_amounts(out["amount"], table, collector)
     _carry_contract_columns(raw, table, config, kind, source, out, collector)
-    _add_attributes(raw, table, config, source, file_columns, out, campaign=kind == "campaigns")
+    if kind != "events":  # an event row describes one event, not its customer: no attributes
+        _add_attributes(raw, table, config, source, file_columns, out, campaign=kind == "campaigns")
     _flag_duplicates(raw, table, file_columns, ids, collector, out.get("timestamp"))
     if "timestamp" in out.columns:
         _flag_dates_outside(out["timestamp"], table.columns["timestamp"], collector, as_of, now)
@@ -519,7 +533,7 @@ def lead_calendar(created_at: pd.Series, written: pd.Series) -> dict[str, pd.Ser
 def _parse_number_columns(raw: pd.DataFrame, table: TableConfig, collector: _Collector, out: pd.DataFrame) -> None:
     comma = " or set decimal: ',' for numbers written 12,50" if table.decimal == "." else ""
     example = "12,50" if table.decimal == "," else "12.50"
-    numbers = ("amount", "quantity", "converted", "churned", "visit", "conversion", "spend")
+    numbers = ("amount", "quantity", "converted", "churned", "visit", "conversion", "spend", "value")
     for name in [c for c in numbers if c in table.columns]:
         file_column = table.columns[name]
         parsed = parse_numbers(raw[file_column], table.decimal)
@@ -584,6 +598,12 @@ def _carry_contract_columns(
         arm = raw[table.columns["arm"]].astype("string").str.strip()
         out["arm"] = arm
         collector.flag(_blank(arm), table.columns["arm"], "have no arm", "give every row the arm it was sent")
+    if kind == "events":
+        event = raw[table.columns["event"]].astype("string").str.strip()
+        out["event"] = event
+        collector.flag(
+            _blank(event), table.columns["event"], "have no event name", "give every row the event it records"
+        )
     if kind == "transactions" and config.category_keywords and "category" not in table.columns:
         out["category"] = _apply_category_keywords(raw, config, source)
     if "category" in out.columns:  # few distinct values: encode once, as the ids

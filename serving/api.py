@@ -190,9 +190,27 @@ class Transaction(_Request):
     )
 
 
+class Event(_Request):
+    """One behaviour event of the customer (an e-mail click, a feature used), as the dataset's events table."""
+
+    timestamp: Timestamp = Field(description="when; ISO 8601, without a zone it is UTC")
+    event: FieldName = Field(description="the event's name, as in the dataset's events table")
+    value: Number | None = None
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"timestamp": "2011-11-02T09:00:00", "event": "email_click"}]}
+    )
+
+
 class Customer(_Request):
     customer_id: Key = Field(description="the customer's id in your system; unique in the request")
     transactions: list[Transaction] = Field(default_factory=list, max_length=MAX_TRANSACTIONS)
+    events: list[Event] | None = Field(
+        default=None,
+        max_length=MAX_TRANSACTIONS,
+        description="the customer's behaviour events ([] for none); required where the dataset's models read "
+        "events, ignored elsewhere",
+    )
     attributes: dict[FieldName, Scalar] = Field(
         default_factory=dict,
         max_length=MAX_FIELDS,
@@ -367,6 +385,26 @@ def transactions_frame(request: ScoreRequest) -> pd.DataFrame:
     return frame
 
 
+def events_frame(request: ScoreRequest) -> pd.DataFrame:
+    """The request's events in the events table's contract names (customer_id, timestamp, event, value)."""
+    rows = [(str(c.customer_id), e.timestamp, e.event, e.value) for c in request.customers for e in (c.events or [])]
+    frame = pd.DataFrame(rows, columns=["customer_id", "timestamp", "event", "value"])
+    stamps = pd.to_datetime(frame["timestamp"], utc=True) if len(frame) else pd.Series([], dtype="datetime64[ns, UTC]")
+    frame["timestamp"] = stamps.dt.tz_convert(None).astype("datetime64[ns]")
+    return frame.astype({"value": np.float64})
+
+
+def missing_events(request: ScoreRequest, read: Sequence[str]) -> list[dict[str, Any]]:
+    """Customers sent without ``events`` to models that read them: their scores would be those of a
+    customer who never did any event, so the request is refused instead (send [] for none)."""
+    reason = f"the dataset's models read the customers' events ({', '.join(read)}): send events, [] for none"
+    return [
+        {"path": f"customers[{position}].events", "value": None, "reason": reason}
+        for position, customer in enumerate(request.customers)
+        if customer.events is None
+    ]
+
+
 def customer_attributes(request: ScoreRequest) -> pd.DataFrame:
     """One row per customer with its attributes (the suppression flags and contact dates live here)."""
     frame = pd.DataFrame([{"customer_id": str(c.customer_id), **c.attributes} for c in request.customers])
@@ -467,6 +505,20 @@ def transaction_problems(request: ScoreRequest, problems: list[Any]) -> list[dic
     return found
 
 
+def event_problems(request: ScoreRequest, problems: list[Any]) -> list[dict[str, Any]]:
+    """Row problems of the request's events as paths into the request."""
+    positions = [(ci, ei) for ci, c in enumerate(request.customers) for ei in range(len(c.events or []))]
+    found = []
+    for problem in problems:
+        for row in problem.rows:
+            ci, ei = positions[row - 1]
+            event = (request.customers[ci].events or [])[ei]
+            value = _plain(getattr(event, problem.column, None))
+            path = f"customers[{ci}].events[{ei}].{problem.column}"
+            found.append({"path": path, "value": value, "reason": f"{problem.reason}; {problem.fix}"})
+    return found
+
+
 def lead_problems(request: LeadRequest, id_column: str, problems: list[Any]) -> list[dict[str, Any]]:
     found = []
     for problem in problems:
@@ -520,6 +572,9 @@ class CustomerScore(BaseModel):
     churn_probability: float | None = None
     purchase_probability: float | None = None
     purchase_probability_by_category: dict[str, float | None] = Field(default_factory=dict)
+    event_probability_by_event: dict[str, float | None] | None = Field(
+        default=None, description="where the dataset's propensity model reads an events table: P(event) per event"
+    )
     p_alive: float | None = None
     expected_orders: float | None = None
     expected_order_value: float | None = None

@@ -207,7 +207,12 @@ def customer_subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = 
         dataset.transactions.quarantine,
         dataset.transactions.problems,
     )
-    return Dataset(dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads)
+    events = dataset.events
+    if events is not None:
+        events = type(events)(events.frame.loc[rows_of_customers(events.frame["customer_id"], ids)], events.quarantine)
+    return Dataset(
+        dataset.config, transactions=checked, customers=dataset.customers, leads=dataset.leads, events=events
+    )
 
 
 def rows_of_customers(customer_id: pd.Series, ids: list[str]) -> np.ndarray:

@@ -496,7 +496,7 @@ def _names(catalog: Catalog) -> str:
 def new_customer_value(column: str) -> float:
     """A feature of a customer without history before the as-of date: unknown for the gaps between
     orders and for attributes, zero for everything counted."""
-    return np.nan if column in UNKNOWN_FOR_NEW or column.startswith("attr_") else 0.0
+    return np.nan if column in UNKNOWN_FOR_NEW or column.startswith(("attr_", "days_since_event_")) else 0.0
 
 
 def _features_for_everyone(model: CustomerModel, dataset: Dataset, ids: pd.Index, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -601,7 +601,7 @@ def _model_outputs(
     propensity = champions.models["propensity"].model.score_columns(propensity_features)
     value = champions.models["clv"].model.score_columns(clv_features)
     out = {"churn_probability": churn["churn_probability"]}
-    out |= {c: v for c, v in propensity.items() if c.startswith("purchase_probability")}
+    out |= {c: v for c, v in propensity.items() if c.startswith(("purchase_probability", "event_probability_"))}
     out |= {c: value[c] for c in ("p_alive", "expected_orders", "expected_order_value", "expected_spend", "clv")}
     return out
 
@@ -671,12 +671,13 @@ def _reuse_or_build(
 
 
 def shares_features(model: CustomerModel, reference: CustomerModel) -> bool:
-    """Whether ``model`` reads the feature table built for ``reference`` (same categories, no attributes,
-    no columns of its own such as the macro segments' Q4 share)."""
+    """Whether ``model`` reads the feature table built for ``reference`` (same categories and events, no
+    attributes, no columns of its own such as the macro segments' Q4 share)."""
     return (
         model.categories == reference.categories
         and model.encoder is None
         and reference.encoder is None
+        and model.reads_events == reference.reads_events
         and not model.own_features
         and not reference.own_features
     )
@@ -688,9 +689,18 @@ def macro_model(champions: Champions) -> CustomerModel | None:
     return served.model if served is not None else None
 
 
+def events_read(champions: Champions) -> list[str]:
+    """The events table's events the customer champions read (none: transactions are all they need)."""
+    return sorted(
+        {e for f in CUSTOMER_FAMILIES if f in champions.models for e in champions.models[f].model.reads_events}
+    )
+
+
 def histories_problem(champions: Champions) -> str | None:
     """Why :func:`score_histories` cannot score for these champions (None: it can)."""
     models = [champions.models[f].model for f in (*CUSTOMER_FAMILIES, *MACRO_FAMILIES) if f in champions.models]
+    if events_read(champions):
+        return "the champions read the customers' events"
     if not all(shares_features(m, models[0]) for m in models):
         return "the champions read customer attributes, different categories or columns of their own (a Q4 share)"
     return None

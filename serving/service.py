@@ -73,8 +73,11 @@ from serving.api import (
     column_records,
     customer_attributes,
     echo,
+    event_problems,
+    events_frame,
     histories_of,
     lead_problems,
+    missing_events,
     problems_of,
     to_json_records,
     too_many,
@@ -92,6 +95,7 @@ from serving.scoring import (
     DatasetChoiceError,
     NotReadyError,
     choose_dataset,
+    events_read,
     histories_problem,
     keep_last_good,
     load_catalog,
@@ -536,12 +540,14 @@ class ValueService:
                 champions, histories.ids, histories.code, histories.ts, histories.amount, as_of, histories.attributes
             )
         else:
+            read = events_read(champions)
+            if read and (absent := missing_events(parsed, read)):
+                raise BadRequestError("customers without events", absent)
             try:
-                dataset = request_dataset(config, transactions_frame(parsed))
+                dataset = request_dataset(config, transactions_frame(parsed), events_frame(parsed) if read else None)
             except InputRowsError as exc:
-                raise BadRequestError(
-                    "some transactions cannot be used", transaction_problems(parsed, exc.problems)
-                ) from exc
+                where = event_problems if exc.table == "events" else transaction_problems
+                raise BadRequestError(f"some {exc.table} cannot be used", where(parsed, exc.problems)) from exc
             ids = [str(c.customer_id) for c in parsed.customers]
             scored = score_customers(champions, dataset, as_of, ids, attributes=customer_attributes(parsed))
             columns = {c: scored[c].to_numpy() for c in scored.columns}
@@ -550,13 +556,15 @@ class ValueService:
             given = _attributes(parsed)
             columns = _uplift_or_422(champions, parsed, lambda: micro.score_with_customers(champions, columns, given))
             names += micro.response_columns(micro.uplift_model(champions))
-        categories = [c for c in columns if c.startswith("purchase_probability_")]
         records = column_records(columns, names)
-        by_category = column_records(columns, categories)
-        for record, per_category in zip(records, by_category, strict=True):
-            record["purchase_probability_by_category"] = {
-                name.removeprefix("purchase_probability_"): value for name, value in per_category.items()
-            }
+        for key, prefix in (
+            ("purchase_probability_by_category", "purchase_probability_"),
+            ("event_probability_by_event", "event_probability_"),
+        ):
+            per_event = column_records(columns, [c for c in columns if c.startswith(prefix)])
+            for record, values in zip(records, per_event, strict=True):
+                if values or prefix == "purchase_probability_":
+                    record[key] = {name.removeprefix(prefix): value for name, value in values.items()}
         return JSONResponse(
             {
                 "dataset": champions.dataset,

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.config import ConfigError
 from features.io import Dataset
 from features.validate import Checked
-from serving.scoring import Champions, score_customers
+from serving.scoring import Champions, events_read, score_customers
 
 SPARK_TYPES = {"float64": "double", "int64": "bigint", "bool": "boolean", "int8": "tinyint"}
 
@@ -97,6 +98,11 @@ def score_dataset(
     the local engine's), and the frame returned for the summary, report and lists is read from it.
     """
     assert dataset.transactions is not None
+    if events_read(champions):
+        raise ConfigError(
+            f"the champions of dataset '{dataset.config.name}' read its events table, which ENGINE=spark does not "
+            "send to the workers: leave out ENGINE=spark"
+        )
     spark = spark or session()
     buckets = buckets or max(2, 2 * spark.sparkContext.defaultParallelism)
     tx = dataset.transactions.frame

@@ -19,10 +19,19 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from features.attributes import AttributeEncoder
-from features.config import TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED, DatasetConfig, TableConfig
+from features.config import (
+    EVENT_OPTIONAL,
+    EVENT_REQUIRED,
+    TRANSACTION_OPTIONAL,
+    TRANSACTION_REQUIRED,
+    DatasetConfig,
+    EventTableConfig,
+    TableConfig,
+)
+from features.events import FROM_CATEGORIES, FROM_EVENTS
 from features.io import Dataset
 from features.pipeline import build_customer_features
-from features.validate import ROW, Checked, NoUsableRowsError, Problem, check_table
+from features.validate import ROW, Checked, Kind, NoUsableRowsError, Problem, check_table
 from training.btyd import BTYDModel, predict_btyd
 from training.candidates import Choice
 from training.columns import Columns, feature_matrix, with_columns
@@ -43,6 +52,8 @@ NOT_FEATURES = {
     "converted",
     "label_window_days",
 }
+# Per-event labels (features.labels): ``purchased_<category>``, ``event_<event>``.
+PER_EVENT_LABELS = (FROM_CATEGORIES.label_prefix, FROM_EVENTS.label_prefix)
 
 
 @dataclass
@@ -77,11 +88,13 @@ class Trained:
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
-    """Numeric model inputs of a feature table (keys, labels and per-category labels left out)."""
+    """Numeric model inputs of a feature table (keys, labels and per-category and per-event labels left out)."""
     return [
         c
         for c in frame.columns
-        if c not in NOT_FEATURES and not c.startswith("purchased_") and pd.api.types.is_numeric_dtype(frame[c].dtype)
+        if c not in NOT_FEATURES
+        and not c.startswith(PER_EVENT_LABELS)
+        and pd.api.types.is_numeric_dtype(frame[c].dtype)
     ]
 
 
@@ -192,46 +205,73 @@ RFM_COLUMNS = ("days_since_last_order", "order_count", "avg_order_value")
 class InputRowsError(ValueError):
     """Rows sent for scoring that the dataset's rules reject; ``problems`` name column, rows and fix."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], table: str = "transactions") -> None:
         super().__init__("; ".join(p.message() for p in problems))
         self.problems = problems
+        self.table = table  # the request's table they are rows of: transactions or events
 
 
-def request_dataset(config: DatasetConfig, transactions: pd.DataFrame) -> Dataset:
+def request_dataset(config: DatasetConfig, transactions: pd.DataFrame, events: pd.DataFrame | None = None) -> Dataset:
     """A dataset made of transactions sent with a request, in the contract's column names
     (customer_id, timestamp, amount, optional contract columns, any other column an attribute),
-    checked with the trained dataset's cleaning rules. Unusable rows fail the request, naming them."""
+    checked with the trained dataset's cleaning rules; and the customers' ``events`` (customer_id,
+    timestamp, event, optional value) when the models read them. Unusable rows fail the request,
+    naming them."""
     contract = [c for c in (*TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL) if c in transactions.columns]
     missing = [c for c in TRANSACTION_REQUIRED if c not in transactions.columns]
     if missing:
         raise ValueError(f"transactions need the column(s) {missing}; got {list(transactions.columns)}")
     table = TableConfig(path="request", columns={c: c for c in contract}, duplicates="keep")
+    event_table = None
+    if events is not None:
+        mapped = [c for c in (*EVENT_REQUIRED, *EVENT_OPTIONAL) if c in events.columns]
+        event_table = EventTableConfig(path="request", columns={c: c for c in mapped}, duplicates="keep")
     request_config = DatasetConfig(
         name=config.name,
         source_file="request",
         transactions=table,
+        events=event_table,
         missing_values=config.missing_values,
         value_maps={k: v for k, v in config.value_maps.items() if k in transactions.columns},
         features=config.features,
     )
-    frame = transactions.reset_index(drop=True).copy()
-    if frame.empty:  # customers without any history: scored as new customers
-        empty = pd.DataFrame(
-            {
-                "customer_id": pd.Series([], dtype="string"),
-                "timestamp": pd.Series([], dtype="datetime64[ns]"),
-                "amount": pd.Series([], dtype="float64"),
-            }
-        )
-        return Dataset(request_config, transactions=Checked(empty, pd.DataFrame()))
+    checked = _checked_request_rows(transactions, table, request_config, "transactions", TRANSACTION_REQUIRED)
+    dataset = Dataset(request_config, transactions=checked)
+    if event_table is not None and events is not None:
+        dataset.events = _checked_request_rows(events, event_table, request_config, "events", EVENT_REQUIRED)
+    return dataset
+
+
+def _checked_request_rows(
+    rows: pd.DataFrame, table: TableConfig, config: DatasetConfig, kind: Kind, required: tuple[str, ...]
+) -> Checked:
+    """One table of a request, checked; no rows is a customer without history (scored as new)."""
+    frame = rows.reset_index(drop=True).copy()
+    if frame.empty:
+        empty = {c: pd.Series([], dtype="datetime64[ns]" if c == "timestamp" else "string") for c in required}
+        if "amount" in empty:
+            empty["amount"] = pd.Series([], dtype="float64")
+        return Checked(pd.DataFrame(empty), pd.DataFrame())
     frame[ROW] = np.arange(1, len(frame) + 1)
     try:
-        checked = check_table(frame, table, request_config, "transactions", "request")
+        checked = check_table(frame, table, config, kind, "request")
     except NoUsableRowsError as exc:
-        raise InputRowsError([p for p in exc.problems if p.quarantined]) from exc
+        raise InputRowsError([p for p in exc.problems if p.quarantined], kind) from exc
     if not checked.quarantine.empty:
-        raise InputRowsError([p for p in checked.problems if p.quarantined])
-    return Dataset(request_config, transactions=checked)
+        raise InputRowsError([p for p in checked.problems if p.quarantined], kind)
+    return checked
+
+
+def split_events(model_input: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A logged model's input as (transactions, events): rows with an ``event`` are the customers'
+    events (customer_id, timestamp, event, value), the others their transactions; no ``event``
+    column, no events."""
+    if "event" not in model_input.columns:
+        return model_input, None
+    is_event = model_input["event"].notna().to_numpy(dtype=bool)
+    event_columns = [c for c in ("customer_id", "timestamp", "event", "value") if c in model_input.columns]
+    transactions = model_input.loc[~is_event].drop(columns=event_columns[2:])
+    return transactions, model_input.loc[is_event, event_columns]
 
 
 # A customer model's parameters and their defaults in its signature: no as_of means the day after the
@@ -261,6 +301,7 @@ class CustomerModel(PythonModel):
         columns: list[str],
         btyd: BTYDModel | None = None,
         horizon_days: int = 90,
+        events: list[str] | None = None,
     ) -> None:
         self.dataset_config = dataset_config
         self.categories = categories
@@ -268,6 +309,13 @@ class CustomerModel(PythonModel):
         self.columns = columns
         self.btyd = btyd
         self.horizon_days = horizon_days
+        self.events = events or []
+
+    @property
+    def reads_events(self) -> list[str]:
+        """The events table's events whose features the model was trained with (none for a model
+        logged before events existed: it has no such attribute)."""
+        return list(getattr(self, "events", None) or [])
 
     @property
     def input_columns(self) -> list[str]:
@@ -277,7 +325,9 @@ class CustomerModel(PythonModel):
     def features(self, dataset: Dataset, as_of: pd.Timestamp | str) -> pd.DataFrame:
         """The customer features as of ``as_of`` plus, when the model uses them, the outputs of the
         BG/NBD model fitted at training (population parameters applied to each customer)."""
-        frame = build_customer_features(dataset, as_of, categories=self.categories, encoder=self.encoder).frame
+        frame = build_customer_features(
+            dataset, as_of, categories=self.categories, encoder=self.encoder, events=self.reads_events
+        ).frame
         return self.add_btyd(frame)
 
     def add_btyd(self, frame: Columns) -> Columns:
@@ -304,7 +354,13 @@ class CustomerModel(PythonModel):
         customer's scores, in input order, as ``mlflow.pyfunc.spark_udf`` needs (each customer's rows
         must then arrive in one batch, and as_of should be given: a batch only sees its own rows)."""
         params = params or {}
-        dataset = request_dataset(self.dataset_config, model_input)
+        transactions, events = split_events(model_input)
+        if self.reads_events and events is None:
+            raise ValueError(
+                f"the model reads the customers' events ({', '.join(self.reads_events)}): send them as rows "
+                "with an 'event' column (customer_id, timestamp, event, optional value) beside the transactions"
+            )
+        dataset = request_dataset(self.dataset_config, transactions, events)
         as_of = params.get("as_of") or (
             dataset.transactions.frame["timestamp"].max().normalize() + pd.Timedelta(days=1)  # type: ignore[union-attr]
         )
@@ -315,13 +371,17 @@ class CustomerModel(PythonModel):
         return scores.set_index("customer_id").reindex(ids).reset_index()
 
 
-def contract_example(dataset: Dataset, customers: int = 3) -> pd.DataFrame:
-    """A few customers' transactions in contract column names: a logged model's input example."""
+def contract_example(dataset: Dataset, customers: int = 3, *, with_events: bool = False) -> pd.DataFrame:
+    """A few customers' transactions in contract column names: a logged model's input example; with
+    ``with_events``, their events too, as rows with an ``event`` (:func:`split_events`)."""
     assert dataset.transactions is not None
     tx = dataset.transactions.frame.drop(columns=[ROW], errors="ignore")
     ids = tx["customer_id"].astype("string")
     chosen = ids.drop_duplicates().iloc[:customers]
     example = tx.loc[ids.isin(chosen)].copy()
+    if with_events and dataset.events is not None:
+        log = dataset.events.frame.drop(columns=[ROW], errors="ignore")
+        example = pd.concat([example, log.loc[log["customer_id"].astype("string").isin(chosen)]], ignore_index=True)
     example["customer_id"] = example["customer_id"].astype(str)
     for column in example.columns:
         if isinstance(example[column].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(example[column]):

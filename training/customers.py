@@ -66,6 +66,7 @@ class TimeSplit:
     test_cutoff: pd.Timestamp
     categories: list[str]
     encoder: Any
+    events: list[str]  # the events table's top-K events as of the test cut-off (none without one)
 
     @property
     def window(self) -> str:
@@ -74,9 +75,13 @@ class TimeSplit:
 
 
 def _labelled(dataset: Dataset, reference: FeatureSet, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
-    """Features as of ``cutoff`` (the reference's categories and encoder) joined with their labels."""
-    features = build_customer_features(dataset, cutoff, categories=reference.categories, encoder=reference.encoder)
-    labels = build_customer_labels(dataset, features.frame["customer_id"], cutoff, horizon_days, reference.categories)
+    """Features as of ``cutoff`` (the reference's categories, events and encoder) joined with their labels."""
+    features = build_customer_features(
+        dataset, cutoff, categories=reference.categories, encoder=reference.encoder, events=reference.events
+    )
+    labels = build_customer_labels(
+        dataset, features.frame["customer_id"], cutoff, horizon_days, reference.categories, reference.events
+    )
     joined = features.frame.merge(labels.drop(columns=["as_of"]), on="customer_id")
     joined.insert(0, "cutoff", cutoff)
     return joined.drop(columns=["as_of"])
@@ -126,7 +131,9 @@ def time_split(
     except DataError as exc:
         raise TrainingRefusedError(str(exc)) from exc
     train = pd.concat(frames, ignore_index=True)
-    return TimeSplit(train, test_frame, list(train_cutoffs), test, reference.categories, reference.encoder)
+    return TimeSplit(
+        train, test_frame, list(train_cutoffs), test, reference.categories, reference.encoder, reference.events
+    )
 
 
 def validation_config(dataset: Dataset, config: ModelConfig) -> ModelConfig:
@@ -187,7 +194,7 @@ class TransactionClassifier(CustomerModel):
         horizon_days: int,
     ) -> None:
         columns = sorted({c for fitted in classifiers.values() for c in fitted.all_columns} - set(BTYD_FEATURES))
-        super().__init__(dataset.config, split.categories, split.encoder, columns, btyd, horizon_days)
+        super().__init__(dataset.config, split.categories, split.encoder, columns, btyd, horizon_days, split.events)
         self.classifiers = classifiers
 
     def score_columns(self, features: pd.DataFrame | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -351,7 +358,8 @@ def validation_split(dataset: Dataset, config: ModelConfig, split: TimeSplit, wa
         btyd = safe_btyd(held, config, f"cut-off {last:%Y-%m-%d}")
         if not isinstance(btyd, str) and not set(BTYD_FEATURES) <= set(held.columns):
             held = CustomerModel.add_btyd(_Holder(btyd, config.horizon_days), held)  # type: ignore[arg-type]
-        return TimeSplit(fit, held, [pd.Timestamp(c) for c in cutoffs[:-1]], last, split.categories, split.encoder)
+        earlier = [pd.Timestamp(c) for c in cutoffs[:-1]]
+        return TimeSplit(fit, held, earlier, last, split.categories, split.encoder, split.events)
     return validation
 
 
@@ -414,7 +422,7 @@ def _trained(
         + [{"output": o, "label": targets[o], "skipped": why} for o, why in skipped.items()]
     )
     candidates = pd.concat([r.choice.table().assign(output=o) for o, r in outputs.items()], ignore_index=True)
-    example = contract_example(dataset)
+    example = contract_example(dataset, with_events=bool(split.events))
     extra = {f"{o}_roc_auc": r.choice.test[r.choice.winner].metrics["roc_auc"] for o, r in outputs.items()}
     extra.pop(f"{primary_output}_roc_auc")
     return Trained(

@@ -32,7 +32,7 @@ MODEL_CONFIG_DIR = PROJECT_ROOT / "configs" / "models"
 REGISTERED_PREFIX = "valuecast-"
 # A dataset name becomes part of a registered model name and of file names: a plain identifier.
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
-Table = Literal["transactions", "customers", "leads", "campaigns"]
+Table = Literal["transactions", "customers", "leads", "campaigns", "events"]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
-"""Purchase propensity: P(at least one purchase within the horizon), overall and for each of the
-top-K categories (the dataset's categories; Online Retail's come from its keyword map). Candidates
-per output, split by time (:mod:`training.customers`). A category with too few buyers for the guards
-is reported and left out rather than stopping the overall model."""
+"""Purchase and event propensity: P(at least one purchase within the horizon), and P(each of the
+top-K events within the horizon). A dataset's events are its events table's (an e-mail click, an app
+feature used: ``event_probability_<event>``) or, without one, the category purchases of its
+transactions (``purchase_probability_<category>``; Online Retail's categories come from its keyword
+map): one code path, :func:`features.events.dataset_events`. Candidates per output, split by time
+(:mod:`training.customers`). An event with too few customers for the guards is reported and left out
+rather than stopping the overall model."""
 
 from __future__ import annotations
 
+from features.events import EventNames, dataset_events, event_slug
 from features.io import Dataset
-from features.transactions import category_column
 from training.candidates import PROPENSITY_BASELINES, candidates_for
 from training.common import Trained
 from training.config import ModelConfig
@@ -20,35 +23,51 @@ NAME = "propensity"
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     if dataset.transactions is None:
         raise TrainingRefusedError(f"propensity needs a transaction log; dataset '{dataset.config.name}' has none")
+    targets, left_out = event_targets(dataset, config)
+    trained = train_transaction_classifier(dataset, config, kind="propensity", targets=targets, family=NAME)
+    trained.warnings.extend(left_out)
+    return trained
+
+
+def event_targets(dataset: Dataset, config: ModelConfig) -> tuple[dict[str, str], list[str]]:
+    """Output column -> label column: ``purchase_probability`` first, then one per top-K event chosen on
+    the history before the test cut-off (as the features choose them). Events whose names give no
+    column name, or the one of an earlier event, are left out with the reason."""
     targets = {"purchase_probability": "purchased"}
-    if config.top_categories:
-        categories = time_split_categories(dataset, config)
-        for name in categories[: config.top_categories]:
-            slug = category_column(name).removeprefix("category_share_")
-            targets[f"purchase_probability_{slug}"] = f"purchased_{slug}"
-    return train_transaction_classifier(dataset, config, kind="propensity", targets=targets, family=NAME)
+    left_out: list[str] = []
+    if not config.top_categories:
+        return targets, left_out
+    events, names = time_split_events(dataset, config)
+    for event in events[: config.top_categories]:
+        output = names.output(event)
+        if not event_slug(event) or output in targets:
+            left_out.append(f"event {event!r} left out: its name gives no column of its own ({output})")
+            continue
+        targets[output] = names.label(event)
+    return targets, left_out
 
 
-def time_split_categories(dataset: Dataset, config: ModelConfig) -> list[str]:
+def time_split_events(dataset: Dataset, config: ModelConfig) -> tuple[list[str], EventNames]:
     from features.pipeline import monthly_cutoffs
-    from features.transactions import top_categories
 
     assert dataset.transactions is not None
-    if "category" not in dataset.transactions.frame.columns:
-        return []
     test = monthly_cutoffs(dataset, config.horizon_days)[-1]
-    return top_categories(dataset.transactions.frame, test, dataset.config.features.top_categories)
+    settings = dataset.config.features
+    events = dataset.events.frame if dataset.events is not None else None
+    k = settings.top_events if events is not None else settings.top_categories
+    return dataset_events(dataset.transactions.frame, events, test, k)
 
 
 FAMILY = Family(
     name=NAME,
-    help="Purchase propensity: P(any purchase in the next horizon), and per top category.",
+    help="Purchase propensity: P(any purchase in the next horizon), and per top event (category purchase, "
+    "e-mail click, feature used).",
     label="purchased",
     primary_metric="roc_auc",
     candidates=candidates_for("propensity"),
     baselines=PROPENSITY_BASELINES,
-    outputs=("purchase_probability", "purchase_probability_<category>"),
-    tables=("transactions",),
+    outputs=("purchase_probability", "purchase_probability_<category>", "event_probability_<event>"),
+    tables=("transactions", "events"),
     entity="customer",
     train=train,
     needs=("transactions",),

@@ -162,7 +162,7 @@ def labels(
 ) -> None:
     """Outcomes in the HORIZON_DAYS after AS_OF for every customer known before it (leads: converted)."""
     _quiet_libraries()
-    from features.pipeline import build_customer_features, build_customer_labels, build_lead_features
+    from features.pipeline import build_customer_features, build_lead_features, labels_for
 
     cutoff = parse_date(as_of, "AS_OF")
     assert cutoff is not None
@@ -176,9 +176,7 @@ def labels(
             return
         with step(f"labels for {horizon_days} days from {cutoff:%Y-%m-%d}"):
             feature_set = build_customer_features(dataset, cutoff)
-            frame = build_customer_labels(
-                dataset, feature_set.frame["customer_id"], cutoff, horizon_days, feature_set.categories
-            )
+            frame = labels_for(dataset, feature_set, cutoff, horizon_days)
         _finish(dataset, out, frame, "customers")
 
 
