@@ -88,6 +88,13 @@ demo: setup ## Set up, then features and labels of every bundled dataset, train 
 test: setup ## Set up, then run the whole test suite
 	$(BIN)/pytest
 
+.PHONY: browser
+browser: ## Install a headless browser (Debian's chromium, with apt) for the report test, unless chromium is on the PATH
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		|| { echo "error: chromium is not on the PATH and apt-get is absent: install Chromium yourself"; exit 2; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@chromium --version
+
 .PHONY: lint
 lint: setup ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

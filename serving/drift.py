@@ -183,6 +183,7 @@ def summary(drifts: list[FamilyDrift]) -> dict[str, Any]:
                 "age_days": d.age_days,
                 "reasons": d.reasons,
                 "psi": {f"{r['kind']}:{r['name']}": r["psi"] for r in d.rows},
+                "thresholds": {f"{r['kind']}:{r['name']}": r["threshold"] for r in d.rows},
             }
             for d in drifts
         },

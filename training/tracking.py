@@ -186,6 +186,17 @@ def log_tables(tables: Mapping[str, pd.DataFrame], folder: str = "tables") -> No
         mlflow.log_text(table.to_csv(index=False), f"{folder}/{name}.csv")
 
 
+def logged_table(run_id: str, name: str, folder: str = "tables") -> pd.DataFrame | None:
+    """A table :func:`log_tables` logged on a run (``<folder>/<name>.csv``); None when the run has none
+    (an older run, or a family that logs no such table)."""
+    import mlflow
+
+    path = f"{folder}/{name}.csv"
+    if path not in {item.path for item in connect().list_artifacts(run_id, folder)}:
+        return None
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
 def set_tags(tags: Mapping[str, object]) -> None:
     import mlflow
 

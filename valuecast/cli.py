@@ -595,6 +595,7 @@ def _refresh_and_deliver(
     if result.summary["drift"]["retrain_recommended"]:
         typer.echo(f"retrain: make retrain DATA={data}")
     typer.echo(f"\nwrote {result.folder} and history/as_of={result.as_of:%Y-%m-%d} in {target}")
+    typer.echo(f"report: {result.folder / 'report.html'}")
     typer.echo(f"models {result.summary['models']}, segment file {result.summary['segment_file']}")
     if settings is not None:
         typer.echo(f"delivering {len(result.changes):,} change(s) to {delivery.display_url(settings.url)}", err=True)
