@@ -350,7 +350,8 @@ def report_inputs(
     champions: Champions, dataset: Dataset, scores: pd.DataFrame | None, info: dict[str, Any]
 ) -> ReportInputs:
     """What the report of a batch run shows: its scores and figures, the champions' test-window gains,
-    the action mix and Qini curves where an uplift model scored the customers."""
+    the macro segments' profiles where the dataset has a macro segment champion, the action mix and
+    Qini curves where an uplift model scored the customers."""
     return ReportInputs(
         kind="value" if scores is not None else "uplift",
         dataset=dataset.config.name,
@@ -364,6 +365,7 @@ def report_inputs(
         uplift_images=micro.qini_images(champions) if "uplift" in info else {},
         leads=info.get("leads"),
         quarantined=info.get("quarantined", {}),
+        macro_profiles=pd.DataFrame(info["macro_segments"]) if info.get("macro_segments") else None,
     )
 
 

@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from features.io import Dataset
+    from serving.drift import Thresholds
     from serving.segments.delivery import WebhookSettings
 
 app = typer.Typer(
@@ -499,6 +500,15 @@ def refresh(
     webhook_batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Changes per request.")] = 100,
     webhook_timeout: Annotated[float, typer.Option(min=0.1, max=300, help="Seconds to wait for an answer.")] = 10.0,
     webhook_attempts: Annotated[int, typer.Option(min=1, max=20, help="Attempts per batch before it fails.")] = 5,
+    psi_threshold: Annotated[
+        float, typer.Option(min=0.001, max=10, help="Drift: an input's PSI above this recommends a retrain.")
+    ] = 0.25,
+    score_psi_threshold: Annotated[
+        float, typer.Option(min=0.001, max=10, help="Drift: a score's PSI above this recommends a retrain.")
+    ] = 0.25,
+    max_age_days: Annotated[
+        int, typer.Option(min=1, max=36_500, help="Drift: days from a champion's last training cut-off to AS_OF.")
+    ] = 180,
 ) -> None:
     """Score DATA as of AS_OF with its champions and compare with the previous refresh in OUT: transition
     matrix, change files for CRM import (who entered and left each segment, and why) and the history of
@@ -509,6 +519,7 @@ def refresh(
     _quiet_libraries()
     _quiet_mlflow()
     from features.pipeline import default_as_of
+    from serving.drift import Thresholds
     from serving.segments import delivery
     from serving.segments.refresh import default_out, exclusive
 
@@ -521,12 +532,13 @@ def refresh(
             timeout_seconds=webhook_timeout,
             max_attempts=webhook_attempts,
         )
+        thresholds = Thresholds(psi_threshold, score_psi_threshold, max_age_days)
         dataset = _load(data, None)
         name = dataset.config.name
         target = out if out is not None else default_out(name)
         day = cutoff if cutoff is not None else default_as_of(dataset)
         with exclusive(target):
-            _refresh_and_deliver(data, dataset, target, day, force, settings)
+            _refresh_and_deliver(data, dataset, target, day, force, settings, thresholds)
 
 
 @app.command()
@@ -571,6 +583,7 @@ def _refresh_and_deliver(
     day: pd.Timestamp,
     force: bool,
     settings: WebhookSettings | None,
+    thresholds: Thresholds,
 ) -> None:
     """The refresh command's steps while it holds OUT."""
     from serving.scoring import NotReadyError
@@ -583,7 +596,7 @@ def _refresh_and_deliver(
     champions = _dataset_champions(name)
     try:
         with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
-            result = run_refresh(champions, dataset, target, as_of=day, force=force)
+            result = run_refresh(champions, dataset, target, as_of=day, force=force, thresholds=thresholds)
     except NotReadyError as exc:
         fail(f"{exc}. Train the models first: make train DATA={data}")
     typer.echo(matrix_text(result))

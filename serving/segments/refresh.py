@@ -563,15 +563,17 @@ def refresh(
     as_of: pd.Timestamp | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    thresholds: drift.Thresholds | None = None,
 ) -> RefreshResult:
     """Score ``dataset`` as of ``as_of`` (default: the day after its last transaction) and write the
-    refresh into ``out`` (default ``out/refresh/<dataset>``)."""
+    refresh into ``out`` (default ``out/refresh/<dataset>``); drift above ``thresholds`` (default
+    :class:`serving.drift.Thresholds`) recommends a retrain."""
     name = dataset.config.name
     out = Path(out) if out is not None else default_out(name)
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
     check_out(out, name, as_of, force)  # before minutes of scoring, not after; write_refresh checks again
     current, info = score_for_refresh(champions, dataset, as_of, progress)
-    info["drift"] = drift.summary(drift.measure(champions, dataset, as_of))
+    info["drift"] = drift.summary(drift.measure(champions, dataset, as_of, thresholds))
     info["currency"] = dataset.config.currency
     log_drift(name, as_of, info["drift"])
     context = ReportInputs(
