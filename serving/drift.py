@@ -90,7 +90,7 @@ class FamilyDrift:
     def reasons(self) -> list[str]:
         found = [f"{r['kind']} {r['name']} PSI {r['psi']:.2f} > {r['threshold']:g}" for r in self.rows if r["drifted"]]
         if self.age_days > self.max_age_days:
-            found.append(f"champion's data is {self.age_days} days old (> {self.max_age_days})")
+            found.append(f"trained on data {self.age_days} days older than this refresh (> {self.max_age_days})")
         return found
 
 

@@ -112,7 +112,7 @@ def test_drift_thresholds_are_settings_and_age_counts_from_the_training_cut_off(
     from serving import drift
 
     old = drift.FamilyDrift("churn", "1", "1998-01-01", 181, max_age_days=180)
-    assert old.reasons == ["champion's data is 181 days old (> 180)"]
+    assert old.reasons == ["trained on data 181 days older than this refresh (> 180)"]
     assert drift.FamilyDrift("churn", "1", "1998-01-01", 181, max_age_days=365).reasons == []
     with pytest.raises(ValueError, match="input_psi must be in"):
         drift.Thresholds(input_psi=0.0)

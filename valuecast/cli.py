@@ -240,7 +240,8 @@ def demo(
     ] = True,
 ) -> None:
     """Features and labels for every bundled dataset there is, then every model trained, logged and
-    registered in MLflow (CDNOW's churn, propensity and CLV, X Education's lead score), a short
+    registered in MLflow (CDNOW's churn, propensity and CLV, X Education's lead score, Online Retail's
+    macro segments), a short
     hyperparameter search, and a batch score of every CDNOW customer."""
     _quiet_libraries()
     from features.demo import run_demo
@@ -259,7 +260,14 @@ def _demo_training(out: Path) -> None:
 
     typer.echo(f"\nTraining (MLflow store: {tracking.tracking_uri()})")
     outcomes = []
-    for family, data in (("churn", "cdnow"), ("propensity", "cdnow"), ("clv", "cdnow"), ("lead_score", "x_education")):
+    demo_models = (
+        ("churn", "cdnow"),
+        ("propensity", "cdnow"),
+        ("clv", "cdnow"),
+        ("lead_score", "x_education"),
+        ("macro_segment", "online_retail"),
+    )
+    for family, data in demo_models:
         with user_errors():
             try:
                 outcomes.append(train_and_log(family, data, echo=lambda m: typer.echo(f"  {m}", err=True)))
