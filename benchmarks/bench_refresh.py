@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from benchmarks.bench_features import AS_OF, dataset_files
 from benchmarks.bench_score import bench_env, run_child, train_champions
@@ -40,7 +41,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-refresh-"))
     env = bench_env(folder)
     print("training champions on 20,000 synthetic customers into a temporary store ...")
-    train_champions(env)
+    train_champions(env, yaml.safe_load(config_path.read_text())["name"])
     valuecast = str(Path(sys.executable).with_name("valuecast"))
     earlier = (pd.Timestamp(AS_OF) - pd.Timedelta(days=90)).strftime("%Y-%m-%d")
     runs = [

@@ -31,7 +31,9 @@ from benchmarks.bench_features import AS_OF, DATA_DIR, dataset_files
 from features.config import PROJECT_ROOT
 
 
-def train_champions(env: dict[str, str]) -> None:
+def train_champions(env: dict[str, str], name: str) -> None:
+    """Champions registered for the dataset ``name`` (models are per dataset: the scored data's name),
+    trained on a 20,000-customer draw of the same generator."""
     from features.io import write_frame
     from features.synthetic import SyntheticSpec, generate_transactions
     from training.run import train_and_log
@@ -41,7 +43,7 @@ def train_champions(env: dict[str, str]) -> None:
     if not small.exists():
         write_frame(generate_transactions(SyntheticSpec.dense(20_000, seed=1)).transactions, small)
     config.write_text(
-        "name: synthetic_train\n"
+        f"name: {name}\n"
         "transactions:\n"
         f"  path: {small}\n"
         "  columns: {customer_id: customer_id, timestamp: timestamp, amount: amount, category: category}\n"
@@ -97,7 +99,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-score-"))
     env = bench_env(folder)
     print("training champions on 20,000 synthetic customers into a temporary store ...")
-    train_champions(env)
+    train_champions(env, yaml.safe_load(config_path.read_text())["name"])
     valuecast = str(Path(sys.executable).with_name("valuecast"))
     command = [valuecast, "score", "--data", str(config_path), "--as-of", AS_OF]
 
