@@ -272,7 +272,7 @@ def _demo_training(out: Path) -> None:
 
 def _demo_experiment(trials: int = 3) -> None:
     """A short sweep of CDNOW churn: trials on the validation window, the best registered as challenger."""
-    from training.experiments import EXPERIMENT_DIR, run_experiment
+    from experiments.sweep import EXPERIMENT_DIR, run_experiment
 
     typer.echo(f"\nA {trials}-trial hyperparameter search (make experiment CONFIG=experiments/churn_cdnow.yaml)")
     with user_errors():
@@ -655,7 +655,7 @@ def experiment(
     """Hyperparameter search (Optuna, seeded) as nested MLflow runs; the best model becomes a challenger."""
     _quiet_libraries()
     _quiet_mlflow()
-    from training.experiments import run_experiment
+    from experiments.sweep import run_experiment
     from training.guards import TrainingRefusedError
 
     with user_errors():
@@ -681,8 +681,8 @@ def compare(
 ) -> None:
     """The runs of an experiment sorted by a metric, with the best baseline and registered versions."""
     _quiet_mlflow()
+    from experiments.compare import comparison_figure, comparison_table, default_metric
     from training import tracking
-    from training.compare import comparison_figure, comparison_table, default_metric
 
     try:
         runs = tracking.search_runs(experiment)
