@@ -40,6 +40,9 @@ UI_PORT ?= 5000
 JSON ?=
 FORCE ?=
 WEBHOOK ?=
+PSI ?=
+SCORE_PSI ?=
+MAX_AGE_DAYS ?=
 CUSTOMER ?=
 # The webhook URL reaches the command through the environment, not its arguments: make prints each
 # command and ps shows arguments, and the URL may hold a token.
@@ -63,6 +66,7 @@ help: ## List the targets and their variables
 	@echo "           METRIC=<name>  VERSION=<n>  ENGINE=local|spark  HOST/PORT (API)  UI_PORT (MLflow UI)  JSON=1 (models)"
 	@echo "           FORCE=1 (score, refresh: replace an OUT that is not valuecast's output)"
 	@echo "           WEBHOOK=<url> (refresh: deliver the changes; secret in VALUECAST_WEBHOOK_SECRET)  CUSTOMER=<id> (paths)"
+	@echo "           PSI=0.25 SCORE_PSI=0.25 MAX_AGE_DAYS=180 (refresh: drift above these recommends a retrain)"
 	@echo "Environment: VALUECAST_DATA_ROOT (default ../shared/data); the API: VALUECAST_DATASETS, VALUECAST_DEFAULT_DATASET"
 
 $(UV):
@@ -87,6 +91,13 @@ demo: setup ## Set up, then features and labels of every bundled dataset, train 
 .PHONY: test
 test: setup ## Set up, then run the whole test suite
 	$(BIN)/pytest
+
+.PHONY: browser
+browser: ## Install a headless browser (Debian's chromium, with apt) for the report test, unless chromium is on the PATH
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		|| { echo "error: chromium is not on the PATH and apt-get is absent: install Chromium yourself"; exit 2; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@chromium --version
 
 .PHONY: lint
 lint: setup ## ruff (lint and format check) and mypy
@@ -125,7 +136,9 @@ score: setup ## Score every customer of DATA with DATA's champions into OUT/ (sc
 
 .PHONY: refresh
 refresh: setup ## Score DATA as of AS_OF and compare with its previous refresh in OUT (default out/refresh/<dataset>): transitions, CRM change files, history; WEBHOOK=<url> delivers the changes
-	$(if $(WEBHOOK),VALUECAST_WEBHOOK_URL="$$WEBHOOK",) $(VALUECAST) refresh --data $(DATA) $(as_of_arg) $(if $(OUT),--out $(OUT),) $(force_arg)
+	$(if $(WEBHOOK),VALUECAST_WEBHOOK_URL="$$WEBHOOK",) $(VALUECAST) refresh --data $(DATA) $(as_of_arg) $(if $(OUT),--out $(OUT),) $(force_arg) \
+		$(if $(PSI),--psi-threshold $(PSI),) $(if $(SCORE_PSI),--score-psi-threshold $(SCORE_PSI),) \
+		$(if $(MAX_AGE_DAYS),--max-age-days $(MAX_AGE_DAYS),)
 
 .PHONY: retrain
 retrain: setup ## Retrain the families the latest refresh of DATA flagged for drift or age (ALL=1: every customer family); promoted only through the gate

@@ -10,8 +10,11 @@ compared. Then one request of 1,000 customers (best of five).
 
     python -m benchmarks.bench_serve [--clients 16] [--duration 10] [--rounds 3]
 
-Targets: p50 <= 15 ms, p99 <= 100 ms, zero errors; 1,000 customers < 250 ms; at least 3x the
-requests/s of mlflow models serve.
+Then, one client at a time, one customer with and without a category on each purchase; and open-loop
+runs (Poisson arrivals at fixed rates, latency from each request's scheduled time).
+
+Targets: p50 <= 15 ms, p99 <= 100 ms, zero errors; 1,000 customers p50 <= 100 ms; at least 4.5x the
+requests/s of mlflow models serve; categories within 1.5x; open loop at 300/s p99 <= 50 ms.
 """
 
 from __future__ import annotations
@@ -174,6 +177,63 @@ def line(name: str, r: dict[str, float]) -> str:
     )
 
 
+async def open_loop(url: str, bodies: list[Any], rate: float, duration: float, seed: int = 0) -> dict[str, float]:
+    """Requests arriving as a Poisson process of ``rate`` per second for ``duration`` seconds, each sent
+    at its scheduled time whatever the answers before it; latency counted from the scheduled time, so
+    a server that falls behind shows its queue (no coordinated omission: Tene, "How NOT to measure
+    latency"). The client runs on the same machine as the server."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=int(rate * duration * 1.5) + 10)
+    offsets = np.cumsum(gaps)
+    offsets = offsets[offsets < duration]
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int, at: float, session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            async with session.post(url, json=bodies[i % len(bodies)]) as answer:
+                await answer.read()
+                errors += answer.status != 200
+        except (aiohttp.ClientError, TimeoutError):
+            errors += 1
+        latencies.append(time.perf_counter() - at)
+
+    connector = aiohttp.TCPConnector(limit=1024)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), connector=connector) as session:
+        began = time.perf_counter() + 0.1
+        await asyncio.gather(*(one(i, began + float(o), session) for i, o in enumerate(offsets)))
+    ms = np.array(latencies) * 1000
+    return {
+        "rate": rate,
+        "requests": len(ms),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": errors,
+    }
+
+
+def sequential_p50(url: str, bodies: list[Any], count: int = 200) -> float:
+    """p50 latency of ``count`` requests sent one after another by one client (no queueing)."""
+    timings = []
+    with httpx.Client(timeout=30) as session:
+        for i in range(count):
+            began = time.perf_counter()
+            answer = session.post(url, json=bodies[i % len(bodies)])
+            timings.append((time.perf_counter() - began) * 1000)
+            assert answer.status_code == 200, answer.text
+    return float(np.median(timings))
+
+
+def with_categories(customer: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The customer with a category on every purchase (the champions' own category names)."""
+    rows = [{**t, "category": names[i % len(names)]} for i, t in enumerate(customer["transactions"])]
+    return {**customer, "transactions": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=16)
@@ -183,6 +243,10 @@ def main() -> None:
         "--reload-every", type=float, default=2.0, help="seconds between reloads in the final 30 s (0: skip)"
     )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("VALUECAST_WORKERS", "2")))
+    parser.add_argument(
+        "--open-loop-rates", default="100,200,300", help="requests/s of the open-loop runs, comma-separated ('': skip)"
+    )
+    parser.add_argument("--open-loop-seconds", type=float, default=20.0)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-serve-"))
@@ -265,6 +329,16 @@ def main() -> None:
             reloading = asyncio.run(
                 load_with_reloads(ours_base, targets["valuecast /score"][1], args.clients, 30.0, args.reload_every)
             )
+        plain = [{"as_of": AS_OF, "customers": [c]} for c in pool[:50]]
+        names = ["Rock", "Pop", "Jazz"]  # any names: a category the models do not know counts as other
+        categorised = [{"as_of": AS_OF, "customers": [with_categories(c, names)]} for c in pool[:50]]
+        one_plain = sequential_p50(f"{ours_base}/score", plain)
+        one_categorised = sequential_p50(f"{ours_base}/score", categorised)
+        rates = [float(r) for r in args.open_loop_rates.split(",") if r.strip()]
+        open_figures = [
+            asyncio.run(open_loop(f"{ours_base}/score", targets["valuecast /score"][1], rate, args.open_loop_seconds))
+            for rate in rates
+        ]
         big = {"as_of": AS_OF, "customers": customers(1000, seed=1)}
         timings = []
         with httpx.Client(timeout=60) as session:
@@ -273,7 +347,7 @@ def main() -> None:
                 answer = session.post(f"{ours_base}/score", json=big)
                 timings.append((time.perf_counter() - began) * 1000)
                 assert answer.status_code == 200, answer.text
-        big_ms = min(timings)
+        big_ms, big_p50 = min(timings), float(np.median(timings))
     finally:
         stop(service)
         stop(mlflow_server)
@@ -303,7 +377,17 @@ def main() -> None:
         f"valuecast p50 {ours['p50']:.1f} ms (target <= 15), p99 {ours['p99']:.1f} ms (target <= 100), "
         f"errors {ours['errors']:.0f} (target 0)"
     )
-    print(f"1,000 customers in one request: {big_ms:.0f} ms (best of 5; target < 250)")
+    print(f"1,000 customers in one request: p50 {big_p50:.0f} ms, best {big_ms:.0f} ms of 5 (target: p50 <= 100 ms)")
+    print(
+        f"one customer, one client, p50 of 200: {one_plain:.1f} ms plain, {one_categorised:.1f} ms with a category on "
+        f"every purchase ({one_categorised / one_plain:.2f}x; target <= 1.5x)"
+    )
+    for figures in open_figures:
+        print(
+            f"open loop, Poisson arrivals at {figures['rate']:.0f}/s for {args.open_loop_seconds:.0f} s: "
+            f"{figures['requests']:.0f} requests, p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, "
+            f"{figures['errors']:.0f} errors (target at 300/s: p99 <= 50 ms, 0 errors)"
+        )
     if reloading is not None:
         figures, reload_seconds, failed = reloading
         print(
@@ -314,7 +398,7 @@ def main() -> None:
         )
     print(
         f"requests/s vs mlflow models serve: {ours['rps'] / theirs['rps']:.2f}x of the medians, per round "
-        f"{', '.join(f'{r:.2f}x' for r in ratios)} (target >= 3x)"
+        f"{', '.join(f'{r:.2f}x' for r in ratios)} (target >= 4.5x)"
     )
 
 

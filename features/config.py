@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,8 @@ CONTRACT_NAMES = frozenset(
 DATE_ORDERS = ("day_first", "month_first")
 # Characters a text file is often separated by; a header holding one of them did not split.
 LIKELY_SEPARATORS = (";", "\t", "|", ",")
+# An ISO 4217 currency code: three capital letters (the code is printed in reports, never looked up).
+CURRENCY_CODE = re.compile(r"[A-Z]{3}")
 
 
 class ConfigError(ValueError):
@@ -287,6 +290,18 @@ class DatasetConfig(_Strict):
     )
     category_keywords: CategoryKeywords | None = None
     features: FeatureSettings = FeatureSettings()
+    currency: str | None = Field(
+        default=None,
+        description="ISO 4217 code of the amounts, e.g. USD, GBP, EUR or INR: reports write money with it. "
+        "Unset: amounts are shown as plain numbers and the report says the currency is not set.",
+    )
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_code(cls, currency: str | None) -> str | None:
+        if currency is not None and not CURRENCY_CODE.fullmatch(currency):
+            raise ValueError(f"{currency!r} is not a currency code: write three capital letters, e.g. USD, GBP or EUR")
+        return currency
 
     @field_validator("transactions", "customers", "leads", "campaigns", "events")
     @classmethod

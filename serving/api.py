@@ -434,6 +434,7 @@ def column_records(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> l
 
 
 PLAIN_FIELDS = {"timestamp", "amount"}
+CATEGORY_FIELDS = {*PLAIN_FIELDS, "category"}
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -447,27 +448,39 @@ class Histories:
     ts: np.ndarray
     amount: np.ndarray
     attributes: dict[str, list[Any]]
+    # Per row, the position of its category in ``category_names`` ("(none)" for a missing one, as
+    # features.transactions.encode names it); None when no transaction carries a category.
+    category: np.ndarray | None = None
+    category_names: np.ndarray | None = None
 
 
-def histories_of(request: ScoreRequest, reserved: set[str]) -> Histories | None:
-    """The request as plain purchase histories, or None when it carries more than those can hold:
-    order ids, categories or other optional transaction fields, or attributes named in ``reserved``
-    (columns the dataset's value maps check or the contract's names), which the row checks read.
-    Timestamps become int64 nanoseconds in UTC (naive times are UTC), as :func:`transactions_frame`
-    converts them."""
-    ids, code, stamps, amount = [], [], [], []
+def histories_of(
+    request: ScoreRequest, reserved: set[str], missing_values: Sequence[str] = (), *, with_categories: bool = True
+) -> Histories | None:
+    """The request as purchase histories (with their categories), or None when it carries more than
+    those can hold: order ids or other optional transaction fields, or attributes named in
+    ``reserved`` (columns the dataset's value maps check or the contract's names), which the row
+    checks read. Timestamps become int64 nanoseconds in UTC (naive times are UTC), as
+    :func:`transactions_frame` converts them; a category in ``missing_values`` (the dataset's) is
+    missing, as the row checks make it. ``with_categories=False`` (the dataset maps category values):
+    a request with categories goes the pandas way."""
+    ids, code, stamps, amount, categories = [], [], [], [], []
     names: set[str] = set()
+    missing = set(missing_values)
     for position, customer in enumerate(request.customers):
         ids.append(str(customer.customer_id))
         names.update(customer.attributes)
         for t in customer.transactions:
-            if t.model_fields_set - PLAIN_FIELDS and any(
-                getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS
+            if t.model_fields_set - CATEGORY_FIELDS and any(
+                getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS if name != "category"
             ):
                 return None
             code.append(position)
             stamps.append(t.timestamp)
             amount.append(t.amount)
+            if t.category is not None and not with_categories:
+                return None
+            categories.append(None if t.category is None or t.category in missing else t.category)
     if names & reserved:
         return None
     # Integer arithmetic on the datetimes: numpy's conversion of datetime objects is 5x slower.
@@ -475,7 +488,14 @@ def histories_of(request: ScoreRequest, reserved: set[str]) -> Histories | None:
         stamps = [s.astimezone(UTC).replace(tzinfo=None) if s.tzinfo is not None else s for s in stamps]
     ts = np.asarray([(stamp - EPOCH) // MICROSECOND * 1000 for stamp in stamps], dtype=np.int64)
     attributes = {name: [c.attributes.get(name) for c in request.customers] for name in sorted(names)}
-    return Histories(ids, np.asarray(code, dtype=np.int64), ts, np.asarray(amount, dtype=np.float64), attributes)
+    histories = Histories(ids, np.asarray(code, dtype=np.int64), ts, np.asarray(amount, dtype=np.float64), attributes)
+    if any(c is not None for c in categories):
+        labels: dict[str, int] = {}
+        histories.category = np.asarray(
+            [labels.setdefault("(none)" if c is None else c, len(labels)) for c in categories], dtype=np.int32
+        )
+        histories.category_names = np.asarray(list(labels), dtype=object)
+    return histories
 
 
 TRANSACTION_FIELDS = set(Transaction.model_fields)

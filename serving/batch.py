@@ -22,9 +22,6 @@ the summary and the report.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import os
 import re
@@ -38,11 +35,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
+from serving.report import ReportInputs, horizons, model_facts
+from serving.report import render as report_html
 from serving.scoring import (
     UPLIFT_FAMILIES,
     Champions,
@@ -333,98 +331,42 @@ def load_or_freeze(
     return str(write_frozen(frozen, champions.dataset))
 
 
-def _png(figure: Figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    return base64.b64encode(buffer.getvalue()).decode()
+def champion_gains(champions: Champions) -> dict[str, pd.DataFrame]:
+    """Each champion's decile table on its test window, as its training run logged it
+    (``tables/deciles.csv``), by family: the report's gains charts. A run without one is left out."""
+    from training import tracking
+
+    found = {}
+    for family, served in sorted(champions.models.items()):
+        if family in UPLIFT_FAMILIES:
+            continue  # its Qini curves are the uplift section's
+        table = tracking.logged_table(served.run_id, "deciles")
+        if table is not None and {"decile", "customers", "actual_sum"} <= set(table.columns):
+            found[family] = table
+    return found
 
 
-def figures(scores: pd.DataFrame) -> dict[str, Figure]:
-    tiers = ["A", "B", "C", "D"]
-    made: dict[str, Figure] = {}
-    by_tier = scores.groupby("value_tier")[["clv", "value_at_risk"]].sum().reindex(tiers, fill_value=0.0)
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    axes = figure.add_subplot()
-    axes.bar(tiers, by_tier["clv"], label="predicted value (CLV)")
-    axes.bar(tiers, by_tier["value_at_risk"], label="value at risk", alpha=0.7)
-    axes.set(xlabel="value tier", ylabel="sum", title="Predicted value and value at risk by tier")
-    axes.legend()
-    made["Value by tier"] = figure
-
-    ordered = np.sort(scores["clv"].to_numpy(dtype=float))[::-1]
-    share = np.cumsum(ordered) / ordered.sum() if ordered.sum() > 0 else np.zeros_like(ordered)
-    every = np.unique(np.linspace(0, max(len(ordered) - 1, 0), num=min(len(ordered), 2000)).astype(int))
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    axes = figure.add_subplot()
-    axes.plot((every + 1) / max(len(ordered), 1), share[every] if len(share) else share)  # 2,000 points draw the curve
-    axes.axhline(0.8, color="grey", linestyle="--")
-    axes.axvline(0.2, color="grey", linestyle="--")
-    axes.set(xlabel="share of customers (by predicted value)", ylabel="share of predicted value", title="Pareto curve")
-    made["Pareto curve of predicted value"] = figure
-
-    sizes = scores["segment"].value_counts().sort_index()
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    axes = figure.add_subplot()
-    axes.barh(sizes.index.astype(str), sizes.to_numpy())
-    axes.set(xlabel="customers", title="Segment sizes")
-    made["Segment sizes"] = figure
-
-    sample = scores.sample(n=min(len(scores), 5000), random_state=0) if len(scores) else scores
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    axes = figure.add_subplot()
-    for tier in tiers:
-        part = sample.loc[sample["value_tier"] == tier]
-        axes.scatter(part["clv"], part["churn_probability"], s=4, label=tier, alpha=0.6)
-    axes.set(xscale="symlog", xlabel="predicted value (CLV)", ylabel="churn probability", title="Churn risk vs value")
-    axes.legend(title="tier", markerscale=3)
-    made["Churn risk vs value"] = figure
-    return made
-
-
-def report_html(
-    scores: pd.DataFrame, figures_made: dict[str, Figure], info: dict[str, Any], images: dict[str, str] | None = None
-) -> str:
-    table = pd.DataFrame(
-        {
-            "customers": scores.groupby("segment").size(),
-            "predicted value": scores.groupby("segment")["clv"].sum().round(0),
-            "value at risk": scores.groupby("segment")["value_at_risk"].sum().round(0),
-            "suppressed": scores.groupby("segment")["suppressed"].sum(),
-            "action": scores.groupby("segment")["action"].agg(lambda a: a.mode().iat[0] if len(a) else ""),
-        }
+def report_inputs(
+    champions: Champions, dataset: Dataset, scores: pd.DataFrame | None, info: dict[str, Any]
+) -> ReportInputs:
+    """What the report of a batch run shows: its scores and figures, the champions' test-window gains,
+    the macro segments' profiles where the dataset has a macro segment champion, the action mix and
+    Qini curves where an uplift model scored the customers."""
+    return ReportInputs(
+        kind="value" if scores is not None else "uplift",
+        dataset=dataset.config.name,
+        as_of=info["as_of"],
+        currency=dataset.config.currency,
+        models=model_facts(champions),
+        scores=scores,
+        segment_version=info.get("segment_version"),
+        gains=champion_gains(champions) if scores is not None else {},
+        uplift=info.get("uplift"),
+        uplift_images=micro.qini_images(champions) if "uplift" in info else {},
+        leads=info.get("leads"),
+        quarantined=info.get("quarantined", {}),
+        macro_profiles=pd.DataFrame(info["macro_segments"]) if info.get("macro_segments") else None,
     )
-    summary_figures = info["summary"]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>valuecast: customer value report</title>",
-        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
-        f"<h1>Customer value report: {html.escape(info['dataset'])}, as of {info['as_of']}</h1>",
-        f"<p>{summary_figures['customers']:,} customers. Tier A holds "
-        f"{summary_figures['tier_a_share_of_value']:.1%} of predicted value with "
-        f"{summary_figures['tier_a_share_of_customers']:.1%} of the customers. "
-        f"{summary_figures['suppressed']:,} customers are suppressed (no marketing action).</p>",
-        f"<p>Models: {html.escape(json.dumps(info['models']))}; "
-        f"segment file {html.escape(info['segment_version'])}.</p>",
-        "<h2>Segments</h2>",
-        table.to_html(escape=True),
-    ]
-    if "uplift" in info:
-        parts.append(action_mix_html(info["uplift"]))
-    for title, figure in figures_made.items():
-        parts.append(
-            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>"
-        )
-    parts += logged_images(images or {})
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def logged_images(images: dict[str, str]) -> list[str]:
-    """Figures a model's training run logged (base64 PNG by title), e.g. the uplift champion's Qini curves."""
-    return [
-        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
-        for title, png in images.items()
-    ]
 
 
 def segment_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: Path) -> dict[str, int]:
@@ -552,6 +494,8 @@ def _score_into(
     assert champions.frozen is not None
     info: dict[str, Any] = {
         "dataset": dataset.config.name,
+        "currency": dataset.config.currency,
+        "horizons": horizons(champions),
         "engine": engine,
         "as_of": f"{as_of:%Y-%m-%d}",
         "models": champions.versions(),
@@ -577,11 +521,7 @@ def _score_into(
     if uses_uplift(champions, dataset):
         info["action_lists"] = action_lists(scores, customer_table(dataset), work / "actions")
     info["quarantined"] = write_quarantine(dataset, work)
-    made = figures(scores)
-    if "uplift" in info:
-        made["Next best action"] = action_figure(info["uplift"])
-    images = micro.qini_images(champions) if "uplift" in info else {}
-    (work / "report.html").write_text(report_html(scores, made, info, images))
+    (work / "report.html").write_text(report_html(report_inputs(champions, dataset, scores, info)))
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, leads, info, segment_file
 
@@ -628,6 +568,7 @@ def _score_uplift_into(
     mix = micro.action_mix(scores)
     info: dict[str, Any] = {
         "dataset": dataset.config.name,
+        "currency": dataset.config.currency,
         "engine": "local",
         "as_of": f"{as_of:%Y-%m-%d}",
         "models": champions.versions(),
@@ -642,8 +583,7 @@ def _score_uplift_into(
     write_csv(scores, work / "scores.csv")
     info["action_lists"] = action_lists(scores, customer_table(dataset), work / "actions")
     info["quarantined"] = write_quarantine(dataset, work)
-    report = uplift_report_html(mix, {"Next best action": action_figure(mix)}, info, micro.qini_images(champions))
-    (work / "report.html").write_text(report)
+    (work / "report.html").write_text(report_html(report_inputs(champions, dataset, None, info)))
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, info
 
@@ -689,60 +629,6 @@ def action_lists(scores: pd.DataFrame, customers: pd.DataFrame | None, folder: P
         write_csv(listed, inside(folder, f"{slug}.csv"))
         counts[str(action)] = len(listed)
     return counts
-
-
-def action_figure(mix: dict[str, Any]) -> Figure:
-    """Customers per next best action, the suppressed apart."""
-    actions = mix["actions"]
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    axes = figure.add_subplot()
-    axes.barh(list(actions), list(actions.values()))
-    axes.set(xlabel="customers", title="Next best action (suppressed customers: no_action)")
-    return figure
-
-
-def action_mix_html(mix: dict[str, Any]) -> str:
-    """The action mix as HTML: customers, share and expected incremental value per action."""
-    total = max(mix["customers"], 1)
-    table = pd.DataFrame(
-        {
-            "customers": pd.Series(mix["actions"]),
-            "share": (pd.Series(mix["actions"]) / total).map("{:.1%}".format),
-            "expected incremental value": pd.Series(mix["expected_incremental_value"]).round(2),
-        }
-    ).rename_axis("next best action")
-    segments = pd.Series(mix["micro_segments"], name="customers").rename_axis("micro segment").to_frame()
-    reasons = pd.Series(mix["suppression_reasons"], name="customers", dtype="int64")
-    parts = [
-        "<h2>Next best action</h2>",
-        f"<p>{mix['customers']:,} customers scored by the uplift model; {mix['suppressed']:,} suppressed "
-        "(next best action: no_action).</p>",
-        table.to_html(escape=True),
-        "<h3>Micro segments</h3>",
-        segments.to_html(escape=True),
-    ]
-    if len(reasons):
-        parts += ["<h3>Suppression reasons</h3>", reasons.rename_axis("reason").to_frame().to_html(escape=True)]
-    return "\n".join(parts)
-
-
-def uplift_report_html(
-    mix: dict[str, Any], figures_made: dict[str, Figure], info: dict[str, Any], images: dict[str, str] | None = None
-) -> str:
-    """The report of a dataset scored by the uplift model alone."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>valuecast: next best action report</title>",
-        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
-        f"<h1>Next best action report: {html.escape(info['dataset'])}, as of {info['as_of']}</h1>",
-        f"<p>Models: {html.escape(json.dumps(info['models']))}.</p>",
-        action_mix_html(mix),
-    ]
-    for title, figure in figures_made.items():
-        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{_png(figure)}'>")
-    parts += logged_images(images or {})
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def action_mix_table(mix: dict[str, Any]) -> list[str]:

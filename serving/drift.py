@@ -4,8 +4,9 @@ For every customer model a dataset serves (churn, propensity, CLV, macro segment
 was trained on: its inputs as of its latest training cut-off (read from the run's ``train_cutoffs``
 parameter) computed from the same transaction log. The refresh's population as of the new date is
 compared with it by the population stability index (PSI) of every model input and of the model's
-score; the champion's age is compared with a maximum. Above the thresholds the refresh says "retrain
-recommended" and why; ``make retrain`` retrains those families through the usual promotion gate.
+score; the champion's age (days from its last training cut-off to the refresh) is compared with a
+maximum. The thresholds are settings of each refresh (:class:`Thresholds`). Above them the refresh
+says "retrain recommended" and why; ``make retrain`` retrains those families through the usual promotion gate.
 
 PSI: bins are the reference's deciles (distinct values for a column with few of them), shares are
 smoothed by 1e-4 so an empty bin does not make it infinite. Customary reading: below 0.1 stable,
@@ -59,19 +60,37 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Above these a refresh recommends a retrain (``make refresh PSI=... SCORE_PSI=... MAX_AGE_DAYS=...``)."""
+
+    input_psi: float = PSI_THRESHOLD
+    score_psi: float = SCORE_PSI_THRESHOLD
+    max_age_days: int = MAX_AGE_DAYS
+
+    def __post_init__(self) -> None:
+        for name in ("input_psi", "score_psi"):
+            value = getattr(self, name)
+            if not 0 < value <= 10:
+                raise ValueError(f"drift threshold {name} must be in (0, 10]; got {value}")
+        if not 1 <= self.max_age_days <= 36_500:
+            raise ValueError(f"max_age_days must be 1 .. 36500; got {self.max_age_days}")
+
+
 @dataclass
 class FamilyDrift:
     family: str
     version: str
     reference_cutoff: str
-    age_days: int
+    age_days: int  # days from the data it was trained on (its last training cut-off) to the refresh
     rows: list[dict[str, Any]] = field(default_factory=list)  # kind, name, psi, threshold, drifted
+    max_age_days: int = MAX_AGE_DAYS
 
     @property
     def reasons(self) -> list[str]:
         found = [f"{r['kind']} {r['name']} PSI {r['psi']:.2f} > {r['threshold']:g}" for r in self.rows if r["drifted"]]
-        if self.age_days > MAX_AGE_DAYS:
-            found.append(f"champion is {self.age_days} days old (> {MAX_AGE_DAYS})")
+        if self.age_days > self.max_age_days:
+            found.append(f"trained on data {self.age_days} days older than this refresh (> {self.max_age_days})")
         return found
 
 
@@ -118,15 +137,14 @@ def measure(
     champions: Champions,
     dataset: Dataset,
     as_of: pd.Timestamp,
-    *,
-    psi_threshold: float = PSI_THRESHOLD,
-    score_threshold: float = SCORE_PSI_THRESHOLD,
+    thresholds: Thresholds | None = None,
 ) -> list[FamilyDrift]:
     """Drift of each customer champion's inputs and score, as of ``as_of`` against its training data,
     on at most :data:`DRIFT_SAMPLE` customers."""
     from training import tracking
 
     dataset = sampled(dataset)
+    limits = thresholds or Thresholds()
 
     client = tracking.connect()
     found = []
@@ -136,8 +154,12 @@ def measure(
         if served is None:
             continue
         cutoff = reference_cutoff(served, client)
-        age = int((as_of - pd.Timestamp(served.trained_at).tz_localize(None).normalize()).days)
-        drift = FamilyDrift(family, served.version, f"{cutoff:%Y-%m-%d}" if cutoff is not None else "", age)
+        # the age of what it learnt from: the refresh date less its last training cut-off (the day it
+        # was trained only where that is unknown), so a refresh of historical data ages it correctly
+        since = cutoff if cutoff is not None else pd.Timestamp(served.trained_at).tz_localize(None).normalize()
+        age = int((as_of - since).days)
+        reference = f"{cutoff:%Y-%m-%d}" if cutoff is not None else ""
+        drift = FamilyDrift(family, served.version, reference, age, max_age_days=limits.max_age_days)
         found.append(drift)
         if cutoff is None:
             continue  # a run without the parameter (an older version): only the age is checked
@@ -146,10 +168,10 @@ def measure(
         for column in model.input_columns:
             if column in before and column in now and pd.api.types.is_numeric_dtype(before[column]):
                 value = psi(before[column].to_numpy(float), now[column].to_numpy(float))
-                drift.rows.append(_row("input", column, value, psi_threshold))
+                drift.rows.append(_row("input", column, value, limits.input_psi))
         name, reference_scores = main_score(served, model.score_columns(before))
         value = psi(reference_scores, main_score(served, model.score_columns(now))[1])
-        drift.rows.append(_row("score", name, value, score_threshold))
+        drift.rows.append(_row("score", name, value, limits.score_psi))
     return found
 
 
@@ -183,6 +205,7 @@ def summary(drifts: list[FamilyDrift]) -> dict[str, Any]:
                 "age_days": d.age_days,
                 "reasons": d.reasons,
                 "psi": {f"{r['kind']}:{r['name']}": r["psi"] for r in d.rows},
+                "thresholds": {f"{r['kind']}:{r['name']}": r["threshold"] for r in d.rows},
             }
             for d in drifts
         },

@@ -186,7 +186,7 @@ def _served(client: Any, family: str, name: str, dataset: str, version: Any) -> 
     """A champion version loaded for scoring; raises what loading raises."""
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
+    model = tracking.fitted(mlflow.pyfunc.load_model(f"models:/{name}/{version.version}"))
     run = client.get_run(version.run_id)
     return Served(
         family=family,
@@ -714,14 +714,16 @@ def score_histories(
     amount: np.ndarray,
     as_of: pd.Timestamp,
     attributes: dict[str, list[Any]] | None = None,
+    category: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`score_customers` for the few customers of one API request, without building pandas
     objects (which cost more than the arithmetic for one customer): same feature code, same models,
     same segment rules, so the same numbers (a test compares the two to 1e-9).
 
-    The transactions are plain purchases and refunds (no order ids, categories or attributes the
-    models read: :func:`histories_problem` says when the champions need more): ``code`` is the
-    position of each row's customer in ``ids``, ``ts`` int64 nanoseconds (UTC), ``amount`` floats.
+    The transactions are purchases and refunds with their categories (no order ids or attributes
+    the models read: :func:`histories_problem` says when the champions need more): ``code`` is the
+    position of each row's customer in ``ids``, ``ts`` int64 nanoseconds (UTC), ``amount`` floats,
+    ``category`` (codes per row, their names) as :func:`features.transactions.encode` gives them.
     ``attributes``: suppression flags and contact dates, one list per column aligned with ``ids``.
     """
     champions.require(CUSTOMER_FAMILIES)
@@ -737,7 +739,15 @@ def score_histories(
     code, ts, amount = code[before], ts[before], amount[before]
     settings = clv_model.dataset_config.features
     built = feature_arrays(
-        code, n, ts, amount, as_of, windows_days=settings.windows_days, categories=clv_model.categories
+        code,
+        n,
+        ts,
+        amount,
+        as_of,
+        windows_days=settings.windows_days,
+        categories=clv_model.categories,
+        category_codes=category[0][before] if category is not None else None,
+        category_names=category[1] if category is not None else None,
     )
     new = np.bincount(code, minlength=n) == 0
     if new.any():

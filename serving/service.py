@@ -534,10 +534,23 @@ class ValueService:
         # Plain purchase histories (the usual request) skip pandas: same code underneath, same numbers.
         histories = None
         if histories_problem(champions) is None:
-            histories = histories_of(parsed, {*config.value_maps, *TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL})
+            reserved = {*config.value_maps, *TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL}
+            histories = histories_of(
+                parsed, reserved, config.missing_values, with_categories="category" not in config.value_maps
+            )
         if histories is not None:
+            category = None
+            if histories.category is not None and histories.category_names is not None:
+                category = (histories.category, histories.category_names)
             columns = score_histories(
-                champions, histories.ids, histories.code, histories.ts, histories.amount, as_of, histories.attributes
+                champions,
+                histories.ids,
+                histories.code,
+                histories.ts,
+                histories.amount,
+                as_of,
+                histories.attributes,
+                category,
             )
         else:
             read = events_read(champions)

@@ -106,3 +106,17 @@ def test_retrain_without_a_refresh_says_what_to_run_first(tmp_path: Path) -> Non
     result = runner.invoke(app, ["retrain", "--data", "cdnow_sample", "--out", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "no refresh of cdnow_sample yet: run make refresh DATA=cdnow_sample first" in result.output
+
+
+def test_drift_thresholds_are_settings_and_age_counts_from_the_training_cut_off(tmp_path: Path) -> None:
+    from serving import drift
+
+    old = drift.FamilyDrift("churn", "1", "1998-01-01", 181, max_age_days=180)
+    assert old.reasons == ["trained on data 181 days older than this refresh (> 180)"]
+    assert drift.FamilyDrift("churn", "1", "1998-01-01", 181, max_age_days=365).reasons == []
+    with pytest.raises(ValueError, match="input_psi must be in"):
+        drift.Thresholds(input_psi=0.0)
+    result = runner.invoke(
+        app, ["refresh", "--data", "cdnow_sample", "--out", str(tmp_path / "r"), "--psi-threshold", "0"]
+    )
+    assert result.exit_code == 2 and "psi-threshold" in result.output

@@ -4,6 +4,7 @@ segment for a customer in the registry's model, batch scoring and the API."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -162,6 +163,9 @@ def test_one_customer_has_the_same_macro_segment_in_the_model_batch_and_api(macr
     summary = json.loads((out / "summary.json").read_text())
     profiles = pd.DataFrame(summary["macro_segments"])
     assert profiles["customers"].sum() == len(batch) and profiles["share_of_value"].sum() == pytest.approx(1.0)
+    report = (out / "report.html").read_text()  # every segment named and profiled in the report
+    assert "Macro segment profiles" in report
+    assert all(html.escape(name) in report for name in profiles["macro_segment"])
 
     assert dataset.transactions is not None
     tx = dataset.transactions.frame

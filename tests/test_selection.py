@@ -226,7 +226,7 @@ def test_model_all_goes_on_past_a_refusal_and_prints_one_table(store: str, tmp_p
     table = result.output[result.output.rindex("family") :]
     assert "churn" in table and "refused: " in table and "100000 and 100 are needed" in result.output
     assert "clv" in table and "Gamma-Gamma" in table  # the horizon lowered, then refused with the reason
-    assert "propensity" in table and "trained" in table
+    assert "propensity" in table and "trained" in table and "macro_segment" in table
 
     listed = runner.invoke(app, ["models", "--json"])
     assert listed.exit_code == 0, listed.output
@@ -243,17 +243,21 @@ def test_model_all_goes_on_past_a_refusal_and_prints_one_table(store: str, tmp_p
         "best_baseline_value",
         "trained_at",
     }
-    assert [r["family"] for r in rows] == ["propensity"] and keys <= set(rows[0])
+    assert sorted(r["family"] for r in rows) == ["macro_segment", "propensity"]  # every family the data supports
+    propensity = next(r for r in rows if r["family"] == "propensity")
+    assert keys <= set(propensity)
     assert (
-        rows[0]["name"] == "valuecast-propensity-shop"
-        and rows[0]["test_value"] >= rows[0]["best_baseline_value"] - 0.001
+        propensity["name"] == "valuecast-propensity-shop"
+        and propensity["test_value"] >= propensity["best_baseline_value"] - 0.001
     )
 
 
 def test_model_all_fails_only_when_nothing_trained(store: str, tmp_path: Path) -> None:
     shop = _heavy_tailed_shop(tmp_path)
     config = _config(
-        tmp_path, "churn:\n  guards: {min_positives: 100000}\npropensity:\n  guards: {min_positives: 100000}\n"
+        tmp_path,
+        "churn:\n  guards: {min_positives: 100000}\npropensity:\n  guards: {min_positives: 100000}\n"
+        "macro_segment:\n  macro: {min_share: 0.49}\n",  # no segmentation keeps every segment at 49%: refused
     )
     result = runner.invoke(app, ["train", "--data", str(shop), "--model", "all", "--config", str(config)])
     assert result.exit_code == 1

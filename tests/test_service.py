@@ -217,16 +217,67 @@ def test_plain_histories_score_exactly_as_the_pandas_path(champion_store: dict[s
     assert fast["suppression_reason"][by_id["refunds"]] == "refund in the last 30 days"
     assert fast["clv"][by_id["none"]] == fast["clv"][by_id["future"]]  # both without history as of AS_OF
 
-    # Order ids, categories or attributes the dataset's row checks read go the pandas way.
-    with_category = ScoreRequest.model_validate(
-        {
-            "customers": [
-                {"customer_id": "c", "transactions": [{"timestamp": "1998-01-05", "amount": 3, "category": "x"}]}
-            ]
-        }
-    )
-    assert histories_of(with_category, set()) is None
+    # Categories take the array path too; order ids, a category the dataset maps, or attributes the
+    # dataset's row checks read go the pandas way.
+    def one(**fields: object) -> ScoreRequest:
+        row = {"timestamp": "1998-01-05", "amount": 3, **fields}
+        return ScoreRequest.model_validate({"customers": [{"customer_id": "c", "transactions": [row]}]})
+
+    with_category = one(category="x")
+    got = histories_of(with_category, set())
+    assert got is not None and got.category_names is not None and got.category is not None
+    assert list(got.category_names[got.category]) == ["x"]
+    assert histories_of(with_category, set(), with_categories=False) is None
+    assert histories_of(one(order_id="o1"), set()) is None
     assert histories_of(parsed, {"tier"}) is None
+
+
+def test_categories_on_the_array_path_give_the_features_of_the_row_checks() -> None:
+    from features.config import load_dataset_config
+    from features.transactions import compute_transaction_features, feature_arrays
+    from serving.api import ScoreRequest, histories_of, transactions_frame
+    from training.common import request_dataset
+
+    rows = [
+        ("a", "1998-01-05", 30.0, "Rock"),
+        ("a", "1998-02-05", 12.5, "Jazz"),
+        ("a", "1998-03-01", 7.0, "NA"),  # the dataset's missing-value marker: no category
+        ("b", "1998-04-01", 50.0, "Jazz"),
+        ("b", "1998-05-01", -10.0, "Pop"),
+        ("c", "1998-06-01", 20.0, None),
+    ]
+    customers: dict[str, list[dict[str, object]]] = {}
+    for customer, day, amount, category in rows:
+        row: dict[str, object] = {"timestamp": day, "amount": amount}
+        if category is not None:
+            row["category"] = category
+        customers.setdefault(customer, []).append(row)
+    parsed = ScoreRequest.model_validate(
+        {"customers": [{"customer_id": c, "transactions": t} for c, t in customers.items()]}
+    )
+    config = load_dataset_config("cdnow_sample").model_copy(update={"missing_values": ["NA"]})
+    as_of, chosen = pd.Timestamp("1998-07-01"), ["Jazz", "Rock", "(none)"]
+    histories = histories_of(parsed, set(), config.missing_values)
+    assert histories is not None and histories.category is not None
+    fast = feature_arrays(
+        histories.code,
+        len(histories.ids),
+        histories.ts,
+        histories.amount,
+        as_of,
+        categories=chosen,
+        category_codes=histories.category,
+        category_names=histories.category_names,
+    )
+    checked = request_dataset(config, transactions_frame(parsed)).transactions
+    assert checked is not None
+    reference = compute_transaction_features(checked.frame, as_of, categories=chosen).set_index("customer_id")
+    reference = reference.loc[histories.ids]
+    shares = [c for c in reference.columns if c.startswith("category_share_")]
+    assert len(shares) == 3
+    for column in reference.columns:
+        if column != "as_of":
+            np.testing.assert_allclose(fast[column], reference[column].to_numpy(dtype=float), err_msg=column)
 
 
 def test_positive_probability_equals_predict_proba(champion_store: dict[str, str]) -> None:

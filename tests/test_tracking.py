@@ -68,3 +68,29 @@ def test_champion_moves_only_when_beaten(store: Path) -> None:
     assert run.data.tags["promotion_alias"] == "challenger"
     assert "scores 0.7000 on the same test rows" in run.data.tags["promotion"]
     assert (store / "mlflow.db").exists() and (store / "artifacts").exists()
+
+
+def test_models_are_logged_as_code_and_a_changed_state_is_refused(store: Path) -> None:
+    import yaml
+
+    with tracking.run("test-experiment", "constant-code"):
+        uri = tracking.log_model(
+            Constant(7.0),
+            name="model",
+            input_example=pd.DataFrame({"x": [1.0]}),
+            output_example=pd.DataFrame({"score": [7.0]}),
+            pip_requirements=["pandas"],
+        )
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(store / "download")))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models from code, not a pickle
+    assert not (local / "python_model.pkl").exists()
+    assert (local / "logged_model.py").exists()
+    loaded = mlflow.pyfunc.load_model(str(local))
+    assert isinstance(tracking.fitted(loaded), Constant)
+    assert loaded.predict(pd.DataFrame({"x": [0.0, 1.0]}))["score"].tolist() == [7.0, 7.0]
+
+    state = local / flavor["artifacts"][tracking.STATE]["path"]
+    state.write_bytes(state.read_bytes() + b"\0")  # the fitted state changed after logging
+    with pytest.raises(Exception, match="changed after logging"):
+        mlflow.pyfunc.load_model(str(local))

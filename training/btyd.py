@@ -112,9 +112,13 @@ def fit_btyd(
     rows, weights = compress(data, ["frequency", "recency", "T"])
 
     def fit_bgnbd(penalizer: float) -> object:
-        return BetaGeoFitter(penalizer_coef=penalizer).fit(
+        fitted = BetaGeoFitter(penalizer_coef=penalizer).fit(
             rows["frequency"], rows["recency"], rows["T"], weights=weights
         )
+        # lifetimes keeps a simulator as a lambda, which no plain pickle can hold (models are logged
+        # from code with a joblib state, training/logged_model.py); its own save_model drops it too
+        vars(fitted).pop("generate_new_data", None)
+        return fitted
 
     def finite_outputs(model: object) -> str | None:
         """A fit whose parameters look fine can still give infinite or undefined expectations for

@@ -265,7 +265,8 @@ def _words(column: str, above: bool) -> str | None:
 
 def segment_names(x: np.ndarray, labels: np.ndarray, columns: list[str], k: int, threshold: float = 0.35) -> list[str]:
     """A name per segment from its most distinguishing columns: the segment's mean of each column in
-    standard deviations of all customers, the largest in size first, in words (:data:`WORDS`)."""
+    standard deviations of all customers, the largest deviation first, in words (:data:`WORDS`); two
+    segments that would read the same get longer names, then numbers."""
     spread = x.std(axis=0)
     spread = np.where(spread > 0, spread, 1.0)
     ranked: list[list[str]] = []

@@ -186,10 +186,39 @@ def log_tables(tables: Mapping[str, pd.DataFrame], folder: str = "tables") -> No
         mlflow.log_text(table.to_csv(index=False), f"{folder}/{name}.csv")
 
 
+def logged_table(run_id: str, name: str, folder: str = "tables") -> pd.DataFrame | None:
+    """A table :func:`log_tables` logged on a run (``<folder>/<name>.csv``); None when the run has none
+    (an older run, or a family that logs no such table)."""
+    import mlflow
+
+    path = f"{folder}/{name}.csv"
+    if path not in {item.path for item in connect().list_artifacts(run_id, folder)}:
+        return None
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
 def set_tags(tags: Mapping[str, object]) -> None:
     import mlflow
 
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+# Models from code (training/logged_model.py): the artifact holding the fitted model object, and the
+# key of its SHA-256 in the model's config, checked before it is unpickled.
+LOGGED_MODEL_CODE = Path(__file__).with_name("logged_model.py")
+STATE = "fitted_state"
+DIGEST = "state_sha256"
+
+
+def digest_of(path: str | Path) -> str:
+    """SHA-256 of a file, hex."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def log_model(
@@ -219,15 +248,31 @@ def log_model(
 
         inputs = Schema([ColSpec(c.type, c.name, required=c.name in required_inputs) for c in signature.inputs.inputs])
         signature = ModelSignature(inputs, signature.outputs, signature.params)
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=python_model,
-        signature=signature,
-        input_example=(input_example, dict(params)) if params else input_example,
-        pip_requirements=pip_requirements,
-        code_paths=code_paths,
-    )
+    import tempfile
+
+    import joblib
+
+    with tempfile.TemporaryDirectory(prefix="valuecast-state-") as folder:
+        state = Path(folder) / "model.joblib"
+        joblib.dump(python_model, state)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(LOGGED_MODEL_CODE),  # models from code: the code is this file, the state an artifact
+            artifacts={STATE: str(state)},
+            model_config={DIGEST: digest_of(state)},
+            signature=signature,
+            input_example=(input_example, dict(params)) if params else input_example,
+            pip_requirements=pip_requirements,
+            code_paths=code_paths,
+        )
     return str(info.model_uri)
+
+
+def fitted(pyfunc_model: Any) -> Any:
+    """The family's model object inside a loaded pyfunc: the state a models-from-code version loaded
+    (:mod:`training.logged_model`), or the Python model itself for a version logged before that."""
+    unwrapped = pyfunc_model.unwrap_python_model()
+    return unwrapped.model if type(unwrapped).__name__ == "LoggedModel" else unwrapped
 
 
 @dataclass(frozen=True)
@@ -294,7 +339,7 @@ def load_champion(registered_name: str) -> tuple[str, Any] | None:
     current = _champion(client, registered_name)
     if current is None:
         return None
-    model = mlflow.pyfunc.load_model(f"models:/{registered_name}/{current.version}").unwrap_python_model()
+    model = fitted(mlflow.pyfunc.load_model(f"models:/{registered_name}/{current.version}"))
     return str(current.version), model
 
 

@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from features.io import Dataset
+    from serving.drift import Thresholds
     from serving.segments.delivery import WebhookSettings
 
 app = typer.Typer(
@@ -239,7 +240,8 @@ def demo(
     ] = True,
 ) -> None:
     """Features and labels for every bundled dataset there is, then every model trained, logged and
-    registered in MLflow (CDNOW's churn, propensity and CLV, X Education's lead score), a short
+    registered in MLflow (CDNOW's churn, propensity and CLV, X Education's lead score, Online Retail's
+    macro segments), a short
     hyperparameter search, and a batch score of every CDNOW customer."""
     _quiet_libraries()
     from features.demo import run_demo
@@ -258,7 +260,14 @@ def _demo_training(out: Path) -> None:
 
     typer.echo(f"\nTraining (MLflow store: {tracking.tracking_uri()})")
     outcomes = []
-    for family, data in (("churn", "cdnow"), ("propensity", "cdnow"), ("clv", "cdnow"), ("lead_score", "x_education")):
+    demo_models = (
+        ("churn", "cdnow"),
+        ("propensity", "cdnow"),
+        ("clv", "cdnow"),
+        ("lead_score", "x_education"),
+        ("macro_segment", "online_retail"),
+    )
+    for family, data in demo_models:
         with user_errors():
             try:
                 outcomes.append(train_and_log(family, data, echo=lambda m: typer.echo(f"  {m}", err=True)))
@@ -499,6 +508,15 @@ def refresh(
     webhook_batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Changes per request.")] = 100,
     webhook_timeout: Annotated[float, typer.Option(min=0.1, max=300, help="Seconds to wait for an answer.")] = 10.0,
     webhook_attempts: Annotated[int, typer.Option(min=1, max=20, help="Attempts per batch before it fails.")] = 5,
+    psi_threshold: Annotated[
+        float, typer.Option(min=0.001, max=10, help="Drift: an input's PSI above this recommends a retrain.")
+    ] = 0.25,
+    score_psi_threshold: Annotated[
+        float, typer.Option(min=0.001, max=10, help="Drift: a score's PSI above this recommends a retrain.")
+    ] = 0.25,
+    max_age_days: Annotated[
+        int, typer.Option(min=1, max=36_500, help="Drift: days from a champion's last training cut-off to AS_OF.")
+    ] = 180,
 ) -> None:
     """Score DATA as of AS_OF with its champions and compare with the previous refresh in OUT: transition
     matrix, change files for CRM import (who entered and left each segment, and why) and the history of
@@ -509,6 +527,7 @@ def refresh(
     _quiet_libraries()
     _quiet_mlflow()
     from features.pipeline import default_as_of
+    from serving.drift import Thresholds
     from serving.segments import delivery
     from serving.segments.refresh import default_out, exclusive
 
@@ -521,12 +540,13 @@ def refresh(
             timeout_seconds=webhook_timeout,
             max_attempts=webhook_attempts,
         )
+        thresholds = Thresholds(psi_threshold, score_psi_threshold, max_age_days)
         dataset = _load(data, None)
         name = dataset.config.name
         target = out if out is not None else default_out(name)
         day = cutoff if cutoff is not None else default_as_of(dataset)
         with exclusive(target):
-            _refresh_and_deliver(data, dataset, target, day, force, settings)
+            _refresh_and_deliver(data, dataset, target, day, force, settings, thresholds)
 
 
 @app.command()
@@ -571,6 +591,7 @@ def _refresh_and_deliver(
     day: pd.Timestamp,
     force: bool,
     settings: WebhookSettings | None,
+    thresholds: Thresholds,
 ) -> None:
     """The refresh command's steps while it holds OUT."""
     from serving.scoring import NotReadyError
@@ -583,7 +604,7 @@ def _refresh_and_deliver(
     champions = _dataset_champions(name)
     try:
         with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
-            result = run_refresh(champions, dataset, target, as_of=day, force=force)
+            result = run_refresh(champions, dataset, target, as_of=day, force=force, thresholds=thresholds)
     except NotReadyError as exc:
         fail(f"{exc}. Train the models first: make train DATA={data}")
     typer.echo(matrix_text(result))
@@ -595,6 +616,7 @@ def _refresh_and_deliver(
     if result.summary["drift"]["retrain_recommended"]:
         typer.echo(f"retrain: make retrain DATA={data}")
     typer.echo(f"\nwrote {result.folder} and history/as_of={result.as_of:%Y-%m-%d} in {target}")
+    typer.echo(f"report: {result.folder / 'report.html'}")
     typer.echo(f"models {result.summary['models']}, segment file {result.summary['segment_file']}")
     if settings is not None:
         typer.echo(f"delivering {len(result.changes):,} change(s) to {delivery.display_url(settings.url)}", err=True)

@@ -32,7 +32,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,18 @@ from features.config import ConfigError
 from features.io import Dataset
 from features.pipeline import default_as_of
 from serving import drift
-from serving.batch import MARKER, atomic_folder, inside, load_or_freeze, model_scores_of_dataset, recover, write_csv
+from serving.batch import (
+    MARKER,
+    atomic_folder,
+    champion_gains,
+    inside,
+    load_or_freeze,
+    model_scores_of_dataset,
+    recover,
+    write_csv,
+)
+from serving.report import ReportInputs, model_facts
+from serving.report import render as render_report
 from serving.scoring import CUSTOMER_FAMILIES, Champions, NotReadyError, with_segments
 from serving.segments.rules import FrozenSegments, tier_of
 
@@ -433,9 +444,12 @@ def write_refresh(
     *,
     force: bool = False,
     info: dict[str, Any] | None = None,
+    report: ReportInputs | None = None,
 ) -> RefreshResult:
     """Compare ``current`` (:func:`history_rows` of ``as_of``) with OUT's previous refresh and write the
-    new OUT: history partition, transitions, changes, summary. OUT is replaced only when all is written."""
+    new OUT: history partition, transitions, changes, summary and ``report.html``. ``report``: what the
+    report knows besides this refresh's own tables (currency, the champions and their gains). OUT is
+    replaced only when all is written."""
     out = Path(out)
     as_of = pd.Timestamp(as_of).normalize()
     current = normalized(current)
@@ -483,7 +497,26 @@ def write_refresh(
             per_segment[segment] = {"entered": len(entered), "left": len(left)}
         summary["changes_by_segment"] = per_segment
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        base = report or ReportInputs("refresh", dataset, f"{as_of:%Y-%m-%d}", None, {})
+        (folder / "report.html").write_text(render_report(refresh_report(base, current, summary, table)))
     return RefreshResult(out, dataset, as_of, previous_as_of, table, changed, summary)
+
+
+def refresh_report(
+    base: ReportInputs, current: pd.DataFrame, summary: dict[str, Any], table: pd.DataFrame
+) -> ReportInputs:
+    """The refresh's report: its customers' value, the transitions since the previous refresh (none
+    for the first) and the drift the refresh measured, if it did."""
+    return replace(
+        base,
+        kind="refresh",
+        scores=current,
+        segment_version=summary.get("segment_version"),
+        refresh=summary if summary["previous_as_of"] else None,
+        transitions=table,
+        transition_matrix=transition_matrix(table),
+        drift=summary.get("drift"),
+    )
 
 
 def _same_history(out: Path, dataset: str) -> bool:
@@ -530,17 +563,28 @@ def refresh(
     as_of: pd.Timestamp | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    thresholds: drift.Thresholds | None = None,
 ) -> RefreshResult:
     """Score ``dataset`` as of ``as_of`` (default: the day after its last transaction) and write the
-    refresh into ``out`` (default ``out/refresh/<dataset>``)."""
+    refresh into ``out`` (default ``out/refresh/<dataset>``); drift above ``thresholds`` (default
+    :class:`serving.drift.Thresholds`) recommends a retrain."""
     name = dataset.config.name
     out = Path(out) if out is not None else default_out(name)
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(dataset)
     check_out(out, name, as_of, force)  # before minutes of scoring, not after; write_refresh checks again
     current, info = score_for_refresh(champions, dataset, as_of, progress)
-    info["drift"] = drift.summary(drift.measure(champions, dataset, as_of))
+    info["drift"] = drift.summary(drift.measure(champions, dataset, as_of, thresholds))
+    info["currency"] = dataset.config.currency
     log_drift(name, as_of, info["drift"])
-    return write_refresh(out, name, as_of, current, force=force, info=info)
+    context = ReportInputs(
+        "refresh",
+        name,
+        f"{as_of:%Y-%m-%d}",
+        dataset.config.currency,
+        model_facts(champions),
+        gains=champion_gains(champions),
+    )
+    return write_refresh(out, name, as_of, current, force=force, info=info, report=context)
 
 
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_.\- /]")
