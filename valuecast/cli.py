@@ -476,7 +476,7 @@ def score(
                     progress=progress,
                 )
             except NotReadyError as exc:
-                fail(f"{exc}. Train the models first: make train DATA={data}")
+                fail(_not_ready_hint(exc, data))
         with step("logging the batch run to MLflow"):
             run_id = tracking.log_batch_run(result.summary, out)
     typer.echo(
@@ -584,6 +584,12 @@ def retrain(
             typer.echo(f"  {outcome.promotion.message()}")
 
 
+def _not_ready_hint(exc: Exception, data: str) -> str:
+    """A NotReadyError's message and what to do: train, unless it already says (a challenger to promote)."""
+    text = str(exc)
+    return text if "make promote" in text else f"{text}. Train the models first: make train DATA={data}"
+
+
 def _refresh_and_deliver(
     data: str,
     dataset: Dataset,
@@ -606,7 +612,7 @@ def _refresh_and_deliver(
         with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
             result = run_refresh(champions, dataset, target, as_of=day, force=force, thresholds=thresholds)
     except NotReadyError as exc:
-        fail(f"{exc}. Train the models first: make train DATA={data}")
+        fail(_not_ready_hint(exc, data))
     typer.echo(matrix_text(result))
     from serving import drift
 
