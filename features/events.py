@@ -29,8 +29,6 @@ from features.validate import FIRST_ROWS_SHOWN, ROW, Checked, DataError, NoUsabl
 
 MAX_EVENT_SLUG = 40
 EVENT_SLUG = re.compile(rf"^[a-z0-9][a-z0-9_]{{0,{MAX_EVENT_SLUG - 1}}}$")
-# Feature columns per event; none starts with the label prefix ``event_``.
-EVENT_FEATURES = ("count_event_", "days_since_event_", "share_event_", "value_event_")
 
 
 def event_slug(name: str) -> str:

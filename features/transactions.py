@@ -297,12 +297,8 @@ def feature_arrays(
     the customers of one request, so both compute every number with the same code.
     """
     as_of_day = as_of.value // NS_PER_DAY
-    # Refunds need no ordering: totals per customer, and the first day seen for refund-only customers.
     refund = amount < 0
-    refund_code = code[refund]
-    refund_amount = np.bincount(refund_code, weights=-amount[refund], minlength=n)
-    first_seen_day = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_seen_day, refund_code, ts[refund] // NS_PER_DAY)
+    refund_amount, first_seen_day = _refund_totals(code[refund], ts[refund], amount[refund], n)
 
     # Purchases sorted by (customer, timestamp) once; the kernel then reads each customer's rows in a run.
     purchase = ~refund
@@ -318,15 +314,8 @@ def feature_arrays(
     if category_codes is not None and category_names is not None:
         purchase_categories = category_codes[purchase]
         if categories is None:
-            totals = np.bincount(purchase_categories, weights=amount[purchase], minlength=len(category_names))
-            ranked = sorted(range(len(category_names)), key=lambda i: (-totals[i], category_names[i]))
-            chosen = [str(category_names[i]) for i in ranked[:top_k]]
-        position_of = {str(name): i for i, name in enumerate(category_names)}
-        column_of = np.full(len(category_names) + 1, -1, dtype=np.int32)
-        for position, name in enumerate(chosen):
-            if name in position_of:
-                column_of[position_of[name]] = position
-        category = column_of[purchase_categories[order]]
+            chosen = _top_categories(purchase_categories, amount[purchase], category_names, top_k)
+        category = _category_positions(category_names, chosen)[purchase_categories[order]]
 
     windows = np.asarray(windows_days, dtype=np.int64)
     out = np.zeros((n, len(SUMMARY_COLUMNS)))
@@ -347,15 +336,61 @@ def feature_arrays(
         category_spend,
     )
     summary = dict(zip(SUMMARY_COLUMNS, out.T, strict=True))
+    window_columns: dict[str, np.ndarray] = {}
+    for position, window in enumerate(windows_days):
+        window_columns[f"spend_last_{window}d"] = window_spend[:, position]
+        window_columns[f"orders_last_{window}d"] = window_orders[:, position]
+    features = _summary_features(summary, window_columns, int(as_of_day), first_seen_day, refund_amount)
+    total_spend = summary["total_spend"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for position, name in enumerate(chosen):
+            features[category_column(name)] = np.where(total_spend > 0, category_spend[:, position] / total_spend, 0.0)
+    return features
 
+
+def _refund_totals(
+    refund_code: np.ndarray, refund_ts: np.ndarray, refund_amount: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refunds need no ordering: their total per customer, and the first day seen (for refund-only
+    customers, whose history starts there)."""
+    totals = np.bincount(refund_code, weights=-refund_amount, minlength=n)
+    first_seen_day = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_seen_day, refund_code, refund_ts // NS_PER_DAY)
+    return totals, first_seen_day
+
+
+def _top_categories(codes: np.ndarray, amount: np.ndarray, names: np.ndarray, top_k: int) -> list[str]:
+    """The ``top_k`` categories by purchase amount (ties by name), the share columns' categories."""
+    totals = np.bincount(codes, weights=amount, minlength=len(names))
+    ranked = sorted(range(len(names)), key=lambda i: (-totals[i], names[i]))
+    return [str(names[i]) for i in ranked[:top_k]]
+
+
+def _category_positions(names: np.ndarray, chosen: list[str]) -> np.ndarray:
+    """Category code -> its column among ``chosen`` (-1: not a chosen category)."""
+    position_of = {str(name): i for i, name in enumerate(names)}
+    column_of = np.full(len(names) + 1, -1, dtype=np.int32)
+    for position, name in enumerate(chosen):
+        if name in position_of:
+            column_of[position_of[name]] = position
+    return column_of
+
+
+def _summary_features(
+    summary: dict[str, np.ndarray],
+    window_columns: dict[str, np.ndarray],
+    as_of_day: int,
+    first_seen_day: np.ndarray,
+    refund_amount: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The features that follow from the kernel's per-customer summary (averages, recency, tenure,
+    trend and refund share), with the window columns in their place among them."""
     has_purchase = summary["order_count"] > 0
     total_spend = summary["total_spend"]
     features: dict[str, np.ndarray] = {name: summary[name] for name in SUMMARY_COLUMNS[:10]}
     with np.errstate(invalid="ignore", divide="ignore"):
         features["avg_order_value"] = np.where(has_purchase, total_spend / summary["order_count"], 0.0)
-    for position, window in enumerate(windows_days):
-        features[f"spend_last_{window}d"] = window_spend[:, position]
-        features[f"orders_last_{window}d"] = window_orders[:, position]
+    features.update(window_columns)
     features["mean_days_between_orders"] = summary["mean_days_between_orders"]
     features["std_days_between_orders"] = summary["std_days_between_orders"]
     first_day = np.where(has_purchase, summary["first_purchase_day"], first_seen_day)
@@ -369,6 +404,4 @@ def feature_arrays(
         features["refund_share"] = np.where(
             total_spend > 0, refund_amount / total_spend, np.where(refund_amount > 0, 1.0, 0.0)
         )
-        for position, name in enumerate(chosen):
-            features[category_column(name)] = np.where(total_spend > 0, category_spend[:, position] / total_spend, 0.0)
     return features

@@ -61,7 +61,6 @@ MAX_FIELDS = int(_limit("MAX_FIELDS", 200))  # attributes of a customer, fields 
 MAX_TEXT = int(_limit("MAX_TEXT_LENGTH", 1_000))  # characters in any string value
 MAX_NAME = 100  # characters in an attribute or lead field name
 MAX_ABS_NUMBER = _limit("MAX_ABS_NUMBER", 1e12)  # amounts, quantities, numeric attributes and lead values
-MAX_DEPTH = 5  # the deepest request: body > customers > customer > transactions > transaction
 EARLIEST = datetime(1900, 1, 1)
 LATEST = datetime(2100, 12, 31, 23, 59, 59)
 

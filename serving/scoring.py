@@ -255,8 +255,7 @@ def load_champions(
         try:
             version = client.get_model_version_by_alias(name, tracking.CHAMPION)
         except MlflowException:
-            store = tracking.redacted(tracking.tracking_uri())  # problems are shown by /models
-            champions.problems[family] = f"no '{tracking.CHAMPION}' version of {name} in {store}"
+            champions.problems[family] = _no_champion(client, family, name, dataset)
             continue
         try:
             served = (loaded or {}).get((name, str(version.version))) or _served(client, family, name, dataset, version)
@@ -270,6 +269,24 @@ def load_champions(
         champions.models[family] = served
     _attach_segments(champions, segment_file)
     return champions
+
+
+def _no_champion(client: Any, family: str, name: str, dataset: str) -> str:
+    """Why a registered model has no champion, and what to do: train, or promote a challenger that lost
+    to its baseline (the gate keeps it out; an operator may still choose to serve it)."""
+    from mlflow.exceptions import MlflowException
+
+    store = tracking.redacted(tracking.tracking_uri())  # problems are shown by /models
+    try:
+        challenger = client.get_model_version_by_alias(name, tracking.CHALLENGER)
+    except MlflowException:
+        return f"no '{tracking.CHAMPION}' version of {name} in {store}"
+    reason = challenger.tags.get("promotion_reason", "it did not pass the promotion gate")
+    return (
+        f"no '{tracking.CHAMPION}' version of {name} in {store}: v{challenger.version} is a challenger ({reason}); "
+        f"serve it anyway with make promote MODEL={family} DATA={dataset} VERSION={challenger.version}, or train "
+        f"again with more data"
+    )
 
 
 def _attach_segments(champions: Champions, segment_file: Path | None) -> None:

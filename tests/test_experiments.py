@@ -16,10 +16,10 @@ import mlflow
 import pandas as pd
 import pytest
 
+from experiments.sweep import apply, load_experiment, run_experiment
 from features.config import PROJECT_ROOT, ConfigError
 from training.config import load_model_config
 from training.customers import time_split, validation_config
-from training.experiments import apply, load_experiment, run_experiment
 from training.guards import TrainingRefusedError
 
 from .conftest import free_port, load_real, running_server

@@ -45,6 +45,28 @@ def test_the_readme_python_example_runs(champion_store_copy: Path) -> None:
     assert all(name in output for name in table["segment"]) and table.attrs["value_floors"]
     outcome = namespace["outcome"]
     assert outcome.promotion.registered_name == "valuecast-churn-cdnow_sample"  # type: ignore[attr-defined]
+    similar = namespace["similar"]
+    assert isinstance(similar, pd.DataFrame) and len(similar) == 50
+    assert "recall of a hidden 20% of the seed" in output
+
+
+@pytest.mark.slow
+def test_lookalike_ranks_customers_outside_the_seed_and_finds_hidden_members() -> None:
+    import valuecast
+
+    data = valuecast.load_dataset("cdnow_sample")
+    spend = data.transactions.frame.groupby("customer_id", observed=True)["amount"].sum()
+    seed = [str(i) for i in spend.nlargest(100).index]
+    similar = valuecast.lookalike(data, seed, size=40, method="nearest_neighbours")
+    assert len(similar) == 40 and similar["rank"].tolist() == list(range(1, 41))
+    assert not similar["customer_id"].isin(seed).any()
+    assert similar["lookalike_score"].is_monotonic_decreasing
+    quality = similar.attrs["quality"]
+    # big spenders resemble each other: hidden members are found far more often than at random
+    assert quality["method"] == "nearest_neighbours" and quality["hidden"] == 20
+    assert quality["recall_at_n"] > 3 * quality["random_recall_at_n"]
+    with pytest.raises(ValueError, match="not customers of the data"):
+        valuecast.lookalike(data, [*seed, "no-such-customer"])
 
 
 def test_the_public_surface_is_small_documented_and_cheap_to_import() -> None:
@@ -53,7 +75,7 @@ def test_the_public_surface_is_small_documented_and_cheap_to_import() -> None:
 
     import valuecast
 
-    assert valuecast.__all__ == ["load_dataset", "models", "score", "segments", "train"]
+    assert valuecast.__all__ == ["load_dataset", "lookalike", "models", "score", "segments", "train"]
     for name in valuecast.__all__:
         function = getattr(valuecast, name)
         assert function.__doc__ and function.__annotations__, name

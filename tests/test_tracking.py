@@ -94,3 +94,22 @@ def test_models_are_logged_as_code_and_a_changed_state_is_refused(store: Path) -
     state.write_bytes(state.read_bytes() + b"\0")  # the fitted state changed after logging
     with pytest.raises(Exception, match="changed after logging"):
         mlflow.pyfunc.load_model(str(local))
+
+
+def test_a_model_with_only_a_challenger_says_why_and_how_to_serve_it(store: Path) -> None:
+    from serving.scoring import load_champions
+
+    with tracking.run("test-experiment", "constant-challenger") as run_id:
+        uri = tracking.log_model(
+            Constant(0.5),
+            name="model",
+            input_example=pd.DataFrame({"x": [1.0]}),
+            output_example=pd.DataFrame({"score": [0.5]}),
+            pip_requirements=["pandas"],
+        )
+        candidate = tracking.Candidate("roc_auc", 0.60, "w", "xgboost", {"rfm": 0.62}, "churn", "shop")
+        promotion = tracking.register_and_promote(uri, "valuecast-churn-shop", candidate, run_id=run_id)
+    assert promotion.alias == tracking.CHALLENGER
+    problem = load_champions("shop").problems["churn"]
+    assert "v1 is a challenger (loses to the baseline rfm (0.6200)" in problem
+    assert "make promote MODEL=churn DATA=shop VERSION=1" in problem

@@ -213,17 +213,6 @@ def predict_btyd(
 BTYD_FEATURES = ("btyd_expected_orders", "btyd_p_alive")
 
 
-def btyd_features(summary: pd.DataFrame, horizon_days: int, penalizers: Sequence[float]) -> pd.DataFrame:
-    """BG/NBD fitted on one cut-off's customers (their history only: no labels) and its outputs per
-    customer, as features for gradient boosting: expected orders in the horizon and P(alive)."""
-    model = fit_btyd(summary, with_spend=False, penalizers=penalizers)
-    predicted = predict_btyd(model, summary, horizon_days)
-    return pd.DataFrame(
-        {"btyd_expected_orders": predicted["expected_orders"], "btyd_p_alive": predicted["p_alive"]},
-        index=summary.index,
-    )
-
-
 def expected_orders_curve(
     model: BTYDModel, summary: pd.DataFrame | Mapping[str, Any], days: Sequence[float], *, period_days: float = 7.0
 ) -> np.ndarray:

@@ -347,11 +347,6 @@ def train_and_log(
     )
 
 
-def families_for(dataset_config: DatasetConfig) -> list[str]:
-    """The families a dataset can support (the tables each needs)."""
-    return families.supported(dataset_config)
-
-
 def metrics_frame(outcomes: list[Outcome]) -> pd.DataFrame:
     rows = []
     for outcome in outcomes:

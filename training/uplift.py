@@ -54,7 +54,6 @@ BASELINES = ("random", "response_model")
 LEARNERS = ("t_learner", "class_transformation", "s_learner")
 CANDIDATES = (*BASELINES, *LEARNERS)  # simplest first: a tie goes to a baseline
 NO_ACTION = "no_action"
-SEGMENTS = ("persuadable", "sure_thing", "lost_cause", "do_not_disturb")
 
 
 def arm_slug(arm: str) -> str:

@@ -281,7 +281,7 @@ def _demo_training(out: Path) -> None:
 
 def _demo_experiment(trials: int = 3) -> None:
     """A short sweep of CDNOW churn: trials on the validation window, the best registered as challenger."""
-    from training.experiments import EXPERIMENT_DIR, run_experiment
+    from experiments.sweep import EXPERIMENT_DIR, run_experiment
 
     typer.echo(f"\nA {trials}-trial hyperparameter search (make experiment CONFIG=experiments/churn_cdnow.yaml)")
     with user_errors():
@@ -476,7 +476,7 @@ def score(
                     progress=progress,
                 )
             except NotReadyError as exc:
-                fail(f"{exc}. Train the models first: make train DATA={data}")
+                fail(_not_ready_hint(exc, data))
         with step("logging the batch run to MLflow"):
             run_id = tracking.log_batch_run(result.summary, out)
     typer.echo(
@@ -584,6 +584,12 @@ def retrain(
             typer.echo(f"  {outcome.promotion.message()}")
 
 
+def _not_ready_hint(exc: Exception, data: str) -> str:
+    """A NotReadyError's message and what to do: train, unless it already says (a challenger to promote)."""
+    text = str(exc)
+    return text if "make promote" in text else f"{text}. Train the models first: make train DATA={data}"
+
+
 def _refresh_and_deliver(
     data: str,
     dataset: Dataset,
@@ -606,7 +612,7 @@ def _refresh_and_deliver(
         with step(f"scoring {name} as of {day:%Y-%m-%d} and comparing with the previous refresh"):
             result = run_refresh(champions, dataset, target, as_of=day, force=force, thresholds=thresholds)
     except NotReadyError as exc:
-        fail(f"{exc}. Train the models first: make train DATA={data}")
+        fail(_not_ready_hint(exc, data))
     typer.echo(matrix_text(result))
     from serving import drift
 
@@ -677,7 +683,7 @@ def experiment(
     """Hyperparameter search (Optuna, seeded) as nested MLflow runs; the best model becomes a challenger."""
     _quiet_libraries()
     _quiet_mlflow()
-    from training.experiments import run_experiment
+    from experiments.sweep import run_experiment
     from training.guards import TrainingRefusedError
 
     with user_errors():
@@ -703,8 +709,8 @@ def compare(
 ) -> None:
     """The runs of an experiment sorted by a metric, with the best baseline and registered versions."""
     _quiet_mlflow()
+    from experiments.compare import comparison_figure, comparison_table, default_metric
     from training import tracking
-    from training.compare import comparison_figure, comparison_table, default_metric
 
     try:
         runs = tracking.search_runs(experiment)

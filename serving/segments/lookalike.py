@@ -367,6 +367,18 @@ def measure_quality(
     return Quality(method, top_n, hidden_count, len(ranked), found)
 
 
+def choose_audience(
+    population: Population, seed: list[str], size: int | None, method: Method, *, random_state: int = 0
+) -> pd.DataFrame:
+    """The top ``size`` (default: the seed's size) customers outside ``seed`` who are not suppressed,
+    most like the seed first: ``rank``, ``customer_id``, ``lookalike_score`` and ``reasons``."""
+    suppressed = population.facts["suppressed"].to_numpy(dtype=bool)
+    in_seed = population.ids.isin(seed)
+    size = audience_size(size, seed, int((~in_seed & ~suppressed).sum()))
+    ranked = rank_customers(population, seed, method, random_state=random_state, exclude=suppressed)
+    return ranked.head(size).copy()
+
+
 # --- edges: reading the seed, writing OUT ---------------------------------------------------------
 
 
@@ -454,10 +466,8 @@ def run(
     check_seed(ids, population, f"SEED={seed}")
     suppressed = population.facts["suppressed"].to_numpy(dtype=bool)
     in_seed = population.ids.isin(ids)
-    size = audience_size(size, ids, int((~in_seed & ~suppressed).sum()))
-    quality = [measure_quality(population, ids, m, size, random_state=random_state) for m in METHODS]
-    ranked = rank_customers(population, ids, method, random_state=random_state, exclude=suppressed)
-    audience = ranked.head(size).copy()
+    audience = choose_audience(population, ids, size, method, random_state=random_state)
+    quality = [measure_quality(population, ids, m, len(audience), random_state=random_state) for m in METHODS]
     audience["method"] = method
     audience["as_of"] = f"{population.as_of:%Y-%m-%d}"
     customers = customer_table(dataset)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -35,6 +35,11 @@ from features.config import PROJECT_ROOT, ConfigError, format_validation_error
 from training import families, tracking
 from training.common import Trained
 from training.config import ModelConfig, load_model_config
+
+if TYPE_CHECKING:
+    import optuna
+
+    from features.io import Dataset
 
 EXPERIMENT_DIR = PROJECT_ROOT / "experiments"
 # Metrics where lower is better; every other metric is maximised.
@@ -219,7 +224,7 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
     import optuna
 
     from training.customers import validation_config
-    from training.run import load_for, log_and_register, log_evaluation, run_tags
+    from training.run import load_for, log_evaluation
 
     start = time.perf_counter()
     experiment = load_experiment(path)
@@ -230,28 +235,114 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
     if "candidates" not in experiment.settings:  # the search space is xgboost's: compare trials of it alone
         base = base.model_copy(update={"candidates": ["xgboost"]})
     validation = validation_config(dataset, base)
-    train = families.get(experiment.family).train
-    metric = experiment.metric
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    parent_tags = {
-        "family": experiment.family,
-        "dataset": dataset.config.name,
-        "model": "xgboost",
-        "sweep": "true",
-        "primary_metric": metric,
-        "experiment_file": str(path),
-        "git_commit": tracking.git_commit(),
-    }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=experiment.seed)
     study = optuna.create_study(direction=experiment.direction, sampler=sampler)
-    # only the best trial's model is kept: a trained model with its figures is tens of megabytes
-    kept: dict[str, Any] = {}
+    trial_runs = _TrialRuns(path, experiment, dataset, validation, echo)
 
-    def objective(trial: optuna.Trial) -> float:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    name = f"sweep | {experiment.family} | {dataset.config.name} | {n_trials} trials | {stamp}"
+    interrupted = False
+    test: Trained | None = None
+    promotion = None
+    with tracking.run(experiment.name, name, _parent_tags(path, experiment, dataset.config.name)) as parent_id:
+        tracking.log_text(Path(path).read_text() if Path(path).exists() else "", "experiment.yaml")
+        tracking.log_params(_sweep_params(experiment, n_trials, validation))
+        echo(f"{experiment.name}: {n_trials} trial(s) of {experiment.family} on the validation window")
+        try:
+            study.optimize(trial_runs.objective, n_trials=n_trials)
+        except KeyboardInterrupt:
+            interrupted = True
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not finished:
+            tracking.end_active_run("KILLED")
+            raise KeyboardInterrupt
+        best = study.best_trial
+        assert trial_runs.best_number == best.number
+        best_values, best_trained = trial_runs.best_values, trial_runs.best_trained
+        assert best_trained is not None
+        tracking.set_tags({"best_trial": best.number, "trials_finished": len(finished)})
+        tracking.log_params({f"search_{k}": v for k, v in best_values.items()})
+        log_evaluation(best_trained, dataset, prefix="val_", details=False)
+        if interrupted:
+            tracking.set_tags({"interrupted": "true"})
+            tracking.end_active_run("KILLED")
+        else:
+            echo(f"{experiment.name}: training the best settings on the test protocol")
+            test, promotion = _train_best_on_test(experiment, dataset, apply(base, best_values), best.number, parent_id)
+    return SweepOutcome(
+        experiment.name,
+        parent_id,
+        len(finished),
+        best.number,
+        best_values,
+        float(best_trained.report.metrics[experiment.metric]),
+        experiment.metric,
+        test,
+        promotion,
+        interrupted,
+        time.perf_counter() - start,
+    )
+
+
+def _parent_tags(path: str | Path, experiment: Experiment, dataset_name: str) -> dict[str, str]:
+    return {
+        "family": experiment.family,
+        "dataset": dataset_name,
+        "model": "xgboost",
+        "sweep": "true",
+        "primary_metric": experiment.metric,
+        "experiment_file": str(path),
+        "git_commit": tracking.git_commit(),
+    }
+
+
+def _sweep_params(experiment: Experiment, n_trials: int, validation: ModelConfig) -> dict[str, Any]:
+    """What the parent run records about the search itself."""
+    return {
+        "sweep_trials": n_trials,
+        "sweep_seed": experiment.seed,
+        "sweep_metric": experiment.metric,
+        "sweep_direction": experiment.direction,
+        "sweep_space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in experiment.search_space.items()}),
+        "validation_window": f"{validation.test_cutoff or 'inner split'} + {validation.horizon_days} days",
+    }
+
+
+class _TrialRuns:
+    """Optuna's objective: each trial trained on the validation protocol and logged as a nested run.
+
+    Only the best trial's model is kept: a trained model with its figures is tens of megabytes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        experiment: Experiment,
+        dataset: Dataset,
+        validation: ModelConfig,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.path, self.experiment, self.dataset, self.validation, self.echo = (
+            path,
+            experiment,
+            dataset,
+            validation,
+            echo,
+        )
+        self.train = families.get(experiment.family).train
+        self.best_number = -1
+        self.best_value = 0.0
+        self.best_values: dict[str, Any] = {}
+        self.best_trained: Trained | None = None
+
+    def objective(self, trial: optuna.Trial) -> float:
+        from training.run import log_evaluation, run_tags
+
+        experiment, dataset, metric = self.experiment, self.dataset, self.experiment.metric
         values = {key: spec.suggest(trial, key) for key, spec in experiment.search_space.items()}
-        config = apply(validation, values, where=f"{path}: trial {trial.number}")
-        trained = train(dataset, config)
+        config = apply(self.validation, values, where=f"{self.path}: trial {trial.number}")
+        trained = self.train(dataset, config)
         tags = {
             **run_tags(trained, dataset),
             "trial": str(trial.number),
@@ -265,75 +356,39 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
         if metric not in trained.report.metrics:
             known = ", ".join(sorted(trained.report.metrics))
             raise ConfigError(
-                f"{path}: primary_metric '{metric}' is not a metric of {experiment.family}: use one of {known}"
+                f"{self.path}: primary_metric '{metric}' is not a metric of {experiment.family}: use one of {known}"
             )
         value = float(trained.report.metrics[metric])
-        if not kept or (value < kept["value"] if experiment.direction == "minimize" else value > kept["value"]):
+        if self.best_number < 0 or (
+            value < self.best_value if experiment.direction == "minimize" else value > self.best_value
+        ):
             # ties keep the earlier trial, as Optuna's best_trial does
-            kept.update(number=trial.number, value=value, values=values, trained=trained)
-        echo(
+            self.best_number, self.best_value, self.best_values, self.best_trained = (
+                trial.number,
+                value,
+                values,
+                trained,
+            )
+        self.echo(
             f"  trial {trial.number}: val_{metric} {value:.4f}  "
             + ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         )
         return value
 
-    name = f"sweep | {experiment.family} | {dataset.config.name} | {n_trials} trials | {stamp}"
-    interrupted = False
-    test: Trained | None = None
-    promotion = None
-    with tracking.run(experiment.name, name, parent_tags) as parent_id:
-        tracking.log_text(Path(path).read_text() if Path(path).exists() else "", "experiment.yaml")
-        tracking.log_params(
-            {
-                "sweep_trials": n_trials,
-                "sweep_seed": experiment.seed,
-                "sweep_metric": metric,
-                "sweep_direction": experiment.direction,
-                "sweep_space": json.dumps(
-                    {k: v.model_dump(exclude_none=True) for k, v in experiment.search_space.items()}
-                ),
-                "validation_window": f"{validation.test_cutoff or 'inner split'} + {validation.horizon_days} days",
-            }
-        )
-        echo(f"{experiment.name}: {n_trials} trial(s) of {experiment.family} on the validation window")
-        try:
-            study.optimize(objective, n_trials=n_trials)
-        except KeyboardInterrupt:
-            interrupted = True
-        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not finished:
-            tracking.end_active_run("KILLED")
-            raise KeyboardInterrupt
-        best = study.best_trial
-        assert kept["number"] == best.number
-        best_values, best_trained = kept["values"], kept["trained"]
-        tracking.set_tags({"best_trial": best.number, "trials_finished": len(finished)})
-        tracking.log_params({f"search_{k}": v for k, v in best_values.items()})
-        log_evaluation(best_trained, dataset, prefix="val_", details=False)
-        if interrupted:
-            tracking.set_tags({"interrupted": "true"})
-            tracking.end_active_run("KILLED")
-        else:
-            echo(f"{experiment.name}: training the best settings on the test protocol")
-            test = train(dataset, apply(base, best_values))
-            tracking.set_tags({**run_tags(test, dataset), "sweep": "true", "best_trial": best.number})
-            tracking.log_metrics(test.report.metrics)
-            tracking.log_metrics(test.extra_metrics)
-            for baseline_name, baseline in test.baselines.items():
-                tracking.log_metrics(baseline.metrics, prefix=f"baseline_{baseline_name}_")
-            tracking.log_figures(test.report.figures)
-            tracking.log_tables(test.report.tables)
-            promotion = log_and_register(test, dataset, parent_id, promote=False)
-    return SweepOutcome(
-        experiment.name,
-        parent_id,
-        len(finished),
-        best.number,
-        best_values,
-        float(best_trained.report.metrics[metric]),
-        metric,
-        test,
-        promotion,
-        interrupted,
-        time.perf_counter() - start,
-    )
+
+def _train_best_on_test(
+    experiment: Experiment, dataset: Dataset, config: ModelConfig, best_trial: int, parent_id: str
+) -> tuple[Trained, tracking.Promotion]:
+    """The best settings trained on the usual protocol, scored on the test window, logged in the parent
+    run and registered as ``challenger`` (never promoted)."""
+    from training.run import log_and_register, run_tags
+
+    test = families.get(experiment.family).train(dataset, config)
+    tracking.set_tags({**run_tags(test, dataset), "sweep": "true", "best_trial": best_trial})
+    tracking.log_metrics(test.report.metrics)
+    tracking.log_metrics(test.extra_metrics)
+    for baseline_name, baseline in test.baselines.items():
+        tracking.log_metrics(baseline.metrics, prefix=f"baseline_{baseline_name}_")
+    tracking.log_figures(test.report.figures)
+    tracking.log_tables(test.report.tables)
+    return test, log_and_register(test, dataset, parent_id, promote=False)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.experiments import LOWER_IS_BETTER
+from experiments.sweep import LOWER_IS_BETTER
 
 # Settings shown when they differ between the listed runs (the ones a sweep searches, and the knobs
 # people change by hand), in this order.
