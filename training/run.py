@@ -43,6 +43,8 @@ MODEL_REQUIREMENTS = (
     "pyyaml",
     "pyarrow",
     "cloudpickle",
+    "joblib",  # the fitted state of a model logged from code (training/logged_model.py)
+    "scikit-uplift",  # the uplift family's learners inside that state
     "setuptools",
 )
 CODE_PATHS = [str(PROJECT_ROOT / "features"), str(PROJECT_ROOT / "training")]
