@@ -32,9 +32,9 @@ PSI_THRESHOLD = 0.25
 SCORE_PSI_THRESHOLD = 0.25
 MAX_AGE_DAYS = 180
 # Customers drift is measured on: a larger base is sampled (the same customers at both dates). With
-# 200,000 customers a PSI over deciles has a sampling error near 1e-4, far below any threshold, and a
+# 100,000 customers a PSI over deciles has a sampling error near 2e-4, far below any threshold, and a
 # refresh of a million customers does not build every feature table twice more.
-DRIFT_SAMPLE = 200_000
+DRIFT_SAMPLE = 100_000
 SMOOTHING = 1e-4
 _LAST_TRAIN_CUTOFF = re.compile(r"train cut-offs \d{4}-\d{2}-\d{2}\.\.(\d{4}-\d{2}-\d{2})")
 
