@@ -272,8 +272,12 @@ def main() -> None:
     from training.run import train_and_log
 
     print("setting up: training churn, propensity and CLV on the CDNOW sample into a temporary store ...")
+    from training import tracking
+
     for family in ("churn", "propensity", "clv"):
-        train_and_log(family, "cdnow_sample", echo=lambda _: None)
+        outcome = train_and_log(family, "cdnow_sample", echo=lambda _: None)
+        if not outcome.promotion.promoted:  # on the sample a version may lose to a baseline: serve it anyway
+            tracking.promote(outcome.promotion.registered_name, outcome.promotion.version)
     champions = load_champions("cdnow_sample")
     scores, facts = model_scores(champions, load_dataset(load_dataset_config("cdnow_sample")), AS_OF)
     write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"), "cdnow_sample")
