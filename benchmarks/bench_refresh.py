@@ -19,15 +19,13 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from benchmarks.bench_features import AS_OF, dataset_files
-from benchmarks.bench_score import bench_env, run_child, train_champions
+from benchmarks.bench_features import AS_OF
+from benchmarks.bench_score import prepare, run_child
 
 TARGET = 1.5
 
@@ -37,11 +35,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    tx_path, config_path = dataset_files(args.customers)
-    folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-refresh-"))
-    env = bench_env(folder)
-    print("training champions on 20,000 synthetic customers into a temporary store ...")
-    train_champions(env, yaml.safe_load(config_path.read_text())["name"])
+    tx_path, config_path, folder, env = prepare(args.customers, "valuecast-bench-refresh-")
     valuecast = str(Path(sys.executable).with_name("valuecast"))
     earlier = (pd.Timestamp(AS_OF) - pd.Timedelta(days=90)).strftime("%Y-%m-%d")
     runs = [

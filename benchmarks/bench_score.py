@@ -78,6 +78,18 @@ def bench_env(folder: Path) -> dict[str, str]:
     }
 
 
+def prepare(customers: int, prefix: str) -> tuple[Path, Path, Path, dict[str, str]]:
+    """The synthetic data of ``customers`` (generated once), a temporary folder and its environment
+    (:func:`bench_env`), and champions registered there for that data's dataset: (transactions file,
+    dataset config, folder, environment)."""
+    tx_path, config_path = dataset_files(customers)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    env = bench_env(folder)
+    print("training champions on 20,000 synthetic customers into a temporary store ...")
+    train_champions(env, yaml.safe_load(config_path.read_text())["name"])
+    return tx_path, config_path, folder, env
+
+
 def run_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
@@ -95,11 +107,7 @@ def main() -> None:
     parser.add_argument("--skip-spark", action="store_true")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    tx_path, config_path = dataset_files(args.customers)
-    folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-score-"))
-    env = bench_env(folder)
-    print("training champions on 20,000 synthetic customers into a temporary store ...")
-    train_champions(env, yaml.safe_load(config_path.read_text())["name"])
+    tx_path, config_path, folder, env = prepare(args.customers, "valuecast-bench-score-")
     valuecast = str(Path(sys.executable).with_name("valuecast"))
     command = [valuecast, "score", "--data", str(config_path), "--as-of", AS_OF]
 

@@ -40,7 +40,7 @@ import pandas as pd
 from features.io import Dataset
 from features.pipeline import FeatureSet, build_customer_features, build_customer_labels, monthly_cutoffs
 from features.validate import DataError
-from training.candidates import Choice, choose_and_report
+from training.candidates import Choice, choose
 from training.columns import Columns
 from training.common import PREDICT_PARAMS, CustomerModel, Trained, contract_example, params_for_logging
 from training.config import MacroSettings, ModelConfig
@@ -56,6 +56,14 @@ NO_PURCHASES = "no purchases yet"
 PSEUDO_SHARE = 0.02  # added to every share before the log-ratio, so that a share of 0 is finite
 Q4_MONTHS = (10, 11, 12)
 NUMERIC = ("log_order_value", "log_orders", "log_days_between_orders", "log_tenure_days")
+# The feature table's columns behind NUMERIC (Space.raw reads them; drift compares them).
+READS = (
+    "avg_order_value",
+    "order_count",
+    "mean_days_between_orders",
+    "days_since_last_order",
+    "days_since_first_order",
+)
 # How a standardised feature reads in a segment's name: (above average, below average); None: unnamed.
 WORDS: dict[str, tuple[str | None, str | None]] = {
     "log_order_value": ("large baskets", "small baskets"),
@@ -113,6 +121,7 @@ class Space:
             mix = np.clip(np.hstack([shares, rest]), 0.0, 1.0) + PSEUDO_SHARE
             logs = np.log(mix / mix.sum(axis=1, keepdims=True))
             parts.append(logs - logs.mean(axis=1, keepdims=True))
+        # the feature table's columns read here are READS (what drift compares, MacroSegmentModel.input_columns)
         orders = np.maximum(np.nan_to_num(column("order_count"), nan=0.0), 1.0)
         tenure = np.maximum(np.nan_to_num(column("days_since_first_order"), nan=0.0), 0.0)
         gaps = column("mean_days_between_orders")
@@ -349,8 +358,8 @@ class MacroSegmentModel(CustomerModel):
     @property
     def input_columns(self) -> list[str]:
         """The feature table's columns the space is computed from (what drift compares)."""
-        reads = ["avg_order_value", "order_count", "mean_days_between_orders", "days_since_first_order"]
-        return [*self.space.categories, *reads, *(["q4_share"] if self.space.seasonal else []), *self.space.attributes]
+        seasonal = ["q4_share"] if self.space.seasonal else []
+        return [*self.space.categories, *READS, *seasonal, *self.space.attributes]
 
     def labels(self, features: Columns) -> np.ndarray:
         """The segment number of each row; -1 for a customer without purchase spend."""
@@ -467,8 +476,6 @@ def choose_on_validation(
 ) -> tuple[dict[str, Fit], dict[str, str], str, str]:
     """Each candidate's number of segments and figures on the validation cut-off, and the winner: the
     best silhouette among the usable ones (stable, no tiny segment)."""
-    from training.candidates import choose
-
     fits, reasons = {}, {}
     for name in order:
         fits[name], reasons[name] = best_of(name, cut.x, cut.space.names, settings, seed)
@@ -507,8 +514,8 @@ def train(dataset: Dataset, config: ModelConfig) -> Trained:
     future = labels["future_spend"].to_numpy(dtype=float)
     tested = {n: fit_candidate(n, f.k, test_cut.x, test_cut.space.names, settings, seed) for n, f in fits.items()}
     test_reports = {n: report_of(f, kruskal(future, f.labels)) for n, f in tested.items()}
-    choice = choose_and_report({n: report_of(f) for n, f in fits.items()}, test_reports, order, BASELINES, "validation")
-    choice.winner, choice.reason = winner, f"{reason}; {winner}: {reasons[winner]}"
+    validation = {n: report_of(f) for n, f in fits.items()}
+    choice = Choice(winner, f"{reason}; {winner}: {reasons[winner]}", validation, test_reports, BASELINES)
     best = tested[winner]
     names = segment_names(test_cut.x, best.labels, test_cut.space.names, best.k)
     model = MacroSegmentModel(reference, dataset, test_cut.space, best, names, config.horizon_days)
