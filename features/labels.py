@@ -78,6 +78,58 @@ def compute_event_labels(
     return pd.DataFrame(labels, index=ids).reset_index()
 
 
+def _future_orders(transactions: pd.DataFrame, code: np.ndarray, window_purchase: np.ndarray, n: int) -> np.ndarray:
+    """Orders per customer among the purchases in the window: distinct order ids, or distinct
+    timestamps where the log has no order id."""
+    if "order_id" in transactions.columns:
+        order_key = pd.factorize(transactions["order_id"])[0]
+    else:
+        order_key = transactions["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    orders = pd.DataFrame({"code": code[window_purchase], "order": order_key[window_purchase]})
+    return np.bincount(orders.drop_duplicates()["code"].to_numpy(), minlength=n)
+
+
+def _window_outcomes(
+    transactions: pd.DataFrame, ids: pd.Index, code: np.ndarray, in_window: np.ndarray, purchase: np.ndarray
+) -> pd.DataFrame:
+    """``purchased``, ``future_spend``, ``future_refunds`` and ``future_orders`` from the rows in the window."""
+    n = len(ids)
+    amount = transactions["amount"].to_numpy()
+    window_purchase = in_window & purchase
+    future_spend = np.bincount(code[window_purchase], weights=amount[window_purchase], minlength=n)
+    refund = in_window & ~purchase
+    future_refunds = np.bincount(code[refund], weights=-amount[refund], minlength=n)
+    future_orders = _future_orders(transactions, code, window_purchase, n)
+
+    labels = pd.DataFrame(index=ids)
+    labels["purchased"] = (future_orders > 0).astype(np.int8)
+    labels["future_spend"] = future_spend
+    labels["future_refunds"] = future_refunds
+    labels["future_orders"] = future_orders.astype(np.int64)
+    return labels
+
+
+def _churn_labels(
+    ids: pd.Index,
+    was_active: np.ndarray,
+    future_orders: np.ndarray,
+    cancellations: pd.Series | None,
+    as_of: pd.Timestamp,
+    end: pd.Timestamp,
+) -> pd.Series:
+    """``churned``: no purchase in the window for the customers active before it; where there are
+    cancellation dates, a cancellation in the window instead (missing for those cancelled before)."""
+    churned = pd.Series(pd.NA, index=ids, dtype="Int8")
+    churned[was_active] = (future_orders[was_active] == 0).astype(np.int8)
+    if cancellations is not None:
+        cancel = pd.to_datetime(cancellations.reindex(ids))
+        gone = (cancel < as_of).to_numpy(dtype=bool)
+        within = ((cancel >= as_of) & (cancel < end)).to_numpy(dtype=bool)
+        churned = pd.Series(within.astype(np.int8), index=ids, dtype="Int8")
+        churned[gone] = pd.NA
+    return churned
+
+
 def compute_transaction_labels(
     transactions: pd.DataFrame,
     customer_ids: Sequence[str] | pd.Series,
@@ -96,46 +148,23 @@ def compute_transaction_labels(
     end = label_window_end(as_of, horizon_days)
     ids = pd.Index(pd.array(customer_ids, dtype="string"), name="customer_id")
     ts = transactions["timestamp"]
-    amount = transactions["amount"]
     lookback = as_of - pd.Timedelta(days=churn_lookback_days)
 
     code = _codes_in(ids, transactions["customer_id"])
     known = code >= 0
     in_window = known & (ts >= as_of).to_numpy() & (ts < end).to_numpy()
-    purchase = (amount >= 0).to_numpy()
+    purchase = (transactions["amount"] >= 0).to_numpy()
     n = len(ids)
 
-    window_purchase = in_window & purchase
-    future_spend = np.bincount(code[window_purchase], weights=amount.to_numpy()[window_purchase], minlength=n)
-    refund = in_window & ~purchase
-    future_refunds = np.bincount(code[refund], weights=-amount.to_numpy()[refund], minlength=n)
-    if "order_id" in transactions.columns:
-        order_key = pd.factorize(transactions["order_id"])[0]
-    else:
-        order_key = ts.to_numpy(dtype="datetime64[ns]").view(np.int64)
-    orders = pd.DataFrame({"code": code[window_purchase], "order": order_key[window_purchase]})
-    future_orders = np.bincount(orders.drop_duplicates()["code"].to_numpy(), minlength=n)
-
-    labels = pd.DataFrame(index=ids)
-    labels["purchased"] = (future_orders > 0).astype(np.int8)
-    labels["future_spend"] = future_spend
-    labels["future_refunds"] = future_refunds
-    labels["future_orders"] = future_orders.astype(np.int64)
-
+    labels = _window_outcomes(transactions, ids, code, in_window, purchase)
     active = known & purchase & (ts >= lookback).to_numpy() & (ts < as_of).to_numpy()
     was_active = np.bincount(code[active], minlength=n) > 0
-    churned = pd.Series(pd.NA, index=ids, dtype="Int8")
-    churned[was_active] = (future_orders[was_active] == 0).astype(np.int8)
-    if cancellations is not None:
-        cancel = pd.to_datetime(cancellations.reindex(ids))
-        gone = (cancel < as_of).to_numpy(dtype=bool)
-        within = ((cancel >= as_of) & (cancel < end)).to_numpy(dtype=bool)
-        churned = pd.Series(within.astype(np.int8), index=ids, dtype="Int8")
-        churned[gone] = pd.NA
-    labels["churned"] = churned
+    future_orders = labels["future_orders"].to_numpy()
+    labels["churned"] = _churn_labels(ids, was_active, future_orders, cancellations, as_of, end)
 
     if "category" in transactions.columns:
         category = transactions["category"].astype("string").fillna("(none)")
+        window_purchase = in_window & purchase
         for column, values in event_labels(code, n, window_purchase, category, categories, FROM_CATEGORIES).items():
             labels[column] = values
     labels["label_window_days"] = horizon_days
