@@ -71,6 +71,85 @@ def _customer_ids(n: int) -> np.ndarray:
     return np.char.add("C", np.char.zfill(np.arange(1, n + 1).astype(str), width)).astype(object)
 
 
+def _repeat_purchases(
+    rng: np.random.Generator, spec: SyntheticSpec, birth_day: np.ndarray, lam_week: np.ndarray, p_drop: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each repeat purchase's customer and day, with every customer's number of repeats and whether
+    they are alive at the end of the log."""
+    # Repeat purchases: a Poisson process over the remaining window, cut at death. The number of
+    # repeats before death is geometric on {1, 2, ...} with success probability p.
+    n = len(birth_day)
+    window_weeks = (spec.days - birth_day) / 7.0
+    possible = rng.poisson(lam_week * window_weeks)
+    before_death = rng.geometric(np.clip(p_drop, 1e-12, 1.0))
+    repeats = np.minimum(possible, before_death)
+    alive_at_end = possible < before_death
+
+    # Times of the first `repeats` of `possible` uniform arrival times = order statistics.
+    owner = np.repeat(np.arange(n), possible)
+    u = rng.random(owner.size)
+    order = np.lexsort((u, owner))
+    owner, u = owner[order], u[order]
+    starts = np.r_[0, np.cumsum(possible)[:-1]]
+    rank = np.arange(owner.size) - np.repeat(starts, possible)
+    kept = rank < repeats[owner]
+    owner, u = owner[kept], u[kept]
+    repeat_day = birth_day[owner] + u * window_weeks[owner] * 7.0
+    return owner, repeat_day, repeats, alive_at_end
+
+
+def _draw_categories(rng: np.random.Generator, spec: SyntheticSpec, customer: np.ndarray, n: int) -> np.ndarray:
+    """Each purchase's category index, from a per-customer Dirichlet preference."""
+    preference = rng.dirichlet(np.full(len(spec.categories), spec.category_concentration), size=n)
+    cumulative = np.cumsum(preference, axis=1)
+    draw = rng.random(customer.size)
+    return np.minimum((draw[:, None] > cumulative[customer]).sum(axis=1), len(spec.categories) - 1)
+
+
+def _add_refunds(
+    rng: np.random.Generator,
+    spec: SyntheticSpec,
+    customer: np.ndarray,
+    day: np.ndarray,
+    amount: np.ndarray,
+    category_index: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The purchases followed by their refunds: a few are refunded 1-14 days later (when that is
+    still inside the log)."""
+    refunded = rng.random(customer.size) < spec.refund_rate
+    refund_day = day[refunded] + rng.uniform(1, 14, size=int(refunded.sum()))
+    inside = refund_day < spec.days
+    return (
+        np.r_[customer, customer[refunded][inside]],
+        np.r_[day, refund_day[inside]],
+        np.r_[amount, -amount[refunded][inside]],
+        np.r_[category_index, category_index[refunded][inside]],
+    )
+
+
+def _transaction_frame(
+    spec: SyntheticSpec,
+    ids: np.ndarray,
+    customer: np.ndarray,
+    day: np.ndarray,
+    amount: np.ndarray,
+    category_index: np.ndarray,
+) -> pd.DataFrame:
+    """The transaction log in time order, days since ``spec.start`` turned into timestamps."""
+    seconds = np.floor(day * 86_400).astype(np.int64)
+    transactions = pd.DataFrame(
+        {
+            "customer_id": pd.array(ids[customer], dtype="string"),
+            "timestamp": pd.Timestamp(spec.start) + pd.to_timedelta(seconds, unit="s"),
+            "amount": np.round(amount, 2),
+            "category": pd.Categorical.from_codes(category_index, categories=list(spec.categories)),
+        }
+    )
+    transactions = transactions.sort_values(["timestamp", "customer_id"], kind="stable", ignore_index=True)
+    transactions["category"] = transactions["category"].astype("string")
+    return transactions
+
+
 def generate_transactions(spec: SyntheticSpec) -> Synthetic:
     rng = np.random.default_rng(spec.seed)
     n = spec.customers
@@ -90,57 +169,16 @@ def generate_transactions(spec: SyntheticSpec) -> Synthetic:
     nu = rng.gamma(spec.q, 1.0 / spec.gamma, size=n)
     spend_scale = np.vectorize(spec.plan_spend.get)(plan) if spec.effects else np.ones(n)
 
-    # Repeat purchases: a Poisson process over the remaining window, cut at death. The number of
-    # repeats before death is geometric on {1, 2, ...} with success probability p.
-    window_weeks = (spec.days - birth_day) / 7.0
-    possible = rng.poisson(lam_week * window_weeks)
-    before_death = rng.geometric(np.clip(p_drop, 1e-12, 1.0))
-    repeats = np.minimum(possible, before_death)
-    alive_at_end = possible < before_death
-
-    # Times of the first `repeats` of `possible` uniform arrival times = order statistics.
-    owner = np.repeat(np.arange(n), possible)
-    u = rng.random(owner.size)
-    order = np.lexsort((u, owner))
-    owner, u = owner[order], u[order]
-    starts = np.r_[0, np.cumsum(possible)[:-1]]
-    rank = np.arange(owner.size) - np.repeat(starts, possible)
-    kept = rank < repeats[owner]
-    owner, u = owner[kept], u[kept]
-    repeat_day = birth_day[owner] + u * window_weeks[owner] * 7.0
-
+    owner, repeat_day, repeats, alive_at_end = _repeat_purchases(rng, spec, birth_day, lam_week, p_drop)
     customer = np.r_[np.arange(n), owner]
     day = np.r_[birth_day, repeat_day]
     amount = rng.gamma(spec.p_spend, 1.0 / nu[customer]) * spend_scale[customer]
-
-    # Categories from a per-customer Dirichlet preference.
-    preference = rng.dirichlet(np.full(len(spec.categories), spec.category_concentration), size=n)
-    cumulative = np.cumsum(preference, axis=1)
-    draw = rng.random(customer.size)
-    category_index = np.minimum((draw[:, None] > cumulative[customer]).sum(axis=1), len(spec.categories) - 1)
-
-    # A few purchases are refunded 1-14 days later (when that is still inside the log).
-    refunded = rng.random(customer.size) < spec.refund_rate
-    refund_day = day[refunded] + rng.uniform(1, 14, size=int(refunded.sum()))
-    inside = refund_day < spec.days
-    customer = np.r_[customer, customer[refunded][inside]]
-    day = np.r_[day, refund_day[inside]]
-    amount = np.r_[amount, -amount[refunded][inside]]
-    category_index = np.r_[category_index, category_index[refunded][inside]]
+    category_index = _draw_categories(rng, spec, customer, n)
+    customer, day, amount, category_index = _add_refunds(rng, spec, customer, day, amount, category_index)
 
     start = pd.Timestamp(spec.start)
-    seconds = np.floor(day * 86_400).astype(np.int64)
     ids = _customer_ids(n)
-    transactions = pd.DataFrame(
-        {
-            "customer_id": pd.array(ids[customer], dtype="string"),
-            "timestamp": start + pd.to_timedelta(seconds, unit="s"),
-            "amount": np.round(amount, 2),
-            "category": pd.Categorical.from_codes(category_index, categories=list(spec.categories)),
-        }
-    )
-    transactions = transactions.sort_values(["timestamp", "customer_id"], kind="stable", ignore_index=True)
-    transactions["category"] = transactions["category"].astype("string")
+    transactions = _transaction_frame(spec, ids, customer, day, amount, category_index)
     customers = pd.DataFrame(
         {
             "customer_id": pd.array(ids, dtype="string"),
