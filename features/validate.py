@@ -385,10 +385,7 @@ def check_table(
     """
     file_columns = [c for c in raw.columns if c != ROW]
     _check_mapping(raw, table, config, kind, source, file_columns)
-    raw = raw.copy(deep=False)  # columns are replaced, never modified in place
-    for column in file_columns:
-        if config.missing_values and not pd.api.types.is_numeric_dtype(raw[column].dtype):
-            raw[column] = raw[column].mask(raw[column].isin(config.missing_values))
+    raw = _blank_missing_values(raw, config, file_columns)
 
     collector = _Collector(source, raw, np.zeros(len(raw), dtype=bool))
     out = pd.DataFrame(index=raw.index)
@@ -402,15 +399,7 @@ def check_table(
         for name, values in lead_calendar(out["created_at"], raw[table.columns["created_at"]]).items():
             out[name] = values
     _parse_number_columns(raw, table, collector, out)
-    for name, expression in table.derived.items():
-        values = _evaluate(raw, name, expression, source, table.decimal)
-        collector.flag(
-            values.isna().to_numpy(),
-            expression,
-            f"give no number for {name} = {expression}",
-            "make sure the columns in the expression hold plain numbers",
-        )
-        out[name] = values
+    _add_derived_columns(raw, table, source, collector, out)
     if "amount" in out.columns:
         _flag_amounts(out["amount"], table, collector)
     _carry_contract_columns(raw, table, config, kind, source, out, collector)
@@ -423,11 +412,42 @@ def check_table(
     out[ROW] = raw[ROW].to_numpy()
     if kind != "transactions":  # only the log is large enough for categorical ids to pay
         out[id_column] = out[id_column].astype("string")
+    usable = _usable_rows(out, collector)
+    return Checked(usable, collector.quarantine_frame(), collector.problems, row_number_ids)
+
+
+def _blank_missing_values(raw: pd.DataFrame, config: DatasetConfig, file_columns: list[str]) -> pd.DataFrame:
+    """A shallow copy of ``raw`` in which the config's ``missing_values`` markers of text columns are
+    missing; columns are replaced, never modified in place."""
+    raw = raw.copy(deep=False)
+    for column in file_columns:
+        if config.missing_values and not pd.api.types.is_numeric_dtype(raw[column].dtype):
+            raw[column] = raw[column].mask(raw[column].isin(config.missing_values))
+    return raw
+
+
+def _add_derived_columns(
+    raw: pd.DataFrame, table: TableConfig, source: str, collector: _Collector, out: pd.DataFrame
+) -> None:
+    """The table's ``derived:`` columns into ``out``; rows whose expression gives no number are flagged."""
+    for name, expression in table.derived.items():
+        values = _evaluate(raw, name, expression, source, table.decimal)
+        collector.flag(
+            values.isna().to_numpy(),
+            expression,
+            f"give no number for {name} = {expression}",
+            "make sure the columns in the expression hold plain numbers",
+        )
+        out[name] = values
+
+
+def _usable_rows(out: pd.DataFrame, collector: _Collector) -> pd.DataFrame:
+    """The rows no check flagged; stop when there are none, saying why."""
     usable = out.loc[~collector.bad].reset_index(drop=True) if collector.bad.any() else out
     if usable.empty:
         summary = "; ".join(p.message() for p in collector.problems) or "the file has no data rows"
-        raise NoUsableRowsError(f"{source}: no usable rows. {summary}", collector.problems)
-    return Checked(usable, collector.quarantine_frame(), collector.problems, row_number_ids)
+        raise NoUsableRowsError(f"{collector.source}: no usable rows. {summary}", collector.problems)
+    return usable
 
 
 def _check_mapping(
