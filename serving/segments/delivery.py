@@ -212,12 +212,7 @@ def deliver(
                 failed += [(row, reason, 0) for row in batch]
                 continue
             batch_key = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
-            body = json.dumps(
-                {"dataset": dataset, "as_of": as_of, "previous_as_of": previous_as_of, "changes": batch},
-                separators=(",", ":"),
-                sort_keys=True,
-                allow_nan=False,
-            ).encode()
+            body = _batch_body(batch, dataset, as_of, previous_as_of)
             ok, error, attempts = _post(client, url, body, batch_key, secret, settings, sleep, jitter, result)
             if ok:
                 _append(folder / LEDGER, keys, batch_key)
@@ -229,6 +224,23 @@ def deliver(
                 result.errors.append(error)
                 failed += [(row, error, attempts) for row in batch]
                 failed_in_a_row += 1
+    _record_dead_letter(folder, failed, result)
+    return result
+
+
+def _batch_body(batch: list[dict[str, Any]], dataset: str, as_of: str, previous_as_of: str | None) -> bytes:
+    """The JSON a batch is sent as: compact and with sorted keys, so that its signature is reproducible."""
+    return json.dumps(
+        {"dataset": dataset, "as_of": as_of, "previous_as_of": previous_as_of, "changes": batch},
+        separators=(",", ":"),
+        sort_keys=True,
+        allow_nan=False,
+    ).encode()
+
+
+def _record_dead_letter(folder: Path, failed: list[tuple[dict[str, Any], str, int]], result: DeliveryResult) -> None:
+    """Replace ``folder``'s dead-letter file with the changes that still failed, each with its last error
+    and attempts, or remove it when none did."""
     result.dead_letter = len(failed)
     dead = folder / DEAD_LETTER
     if failed:
@@ -242,7 +254,6 @@ def deliver(
         result.dead_letter_file = dead
     else:
         dead.unlink(missing_ok=True)
-    return result
 
 
 def _post(
