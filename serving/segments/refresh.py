@@ -466,7 +466,40 @@ def write_refresh(
     both = _paired(previous, current)  # once for both: the outer join of a million rows takes seconds
     table = transitions(previous, current, both)
     changed = changes(previous, current, dataset, as_of, previous_as_of, both)
-    summary = {
+    summary = _summary(dataset, as_of, previous_as_of, previous, current, table, changed, info)
+    marker = {"kind": KIND, "dataset": dataset, "as_of": f"{as_of:%Y-%m-%d}"}
+    keep_previous = _same_history(out, dataset)
+    with atomic_folder(out, marker, force=True) as work:  # check_out refused whatever force must not replace
+        if keep_previous:
+            _carry_over(out, work, as_of)
+        _write_parquet(current, partition(work, as_of))
+        folder = work / "refreshes" / f"{as_of:%Y-%m-%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_csv(table, folder / "transitions.csv")
+        transition_matrix(table).rename_axis(index="from_segment", columns=None).reset_index().to_csv(
+            folder / "transition_matrix.csv", index=False
+        )
+        write_csv(changed, folder / "changes.csv")
+        summary["changes_by_segment"] = _write_segment_changes(changed, folder / "changes")
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        base = report or ReportInputs("refresh", dataset, f"{as_of:%Y-%m-%d}", None, {})
+        (folder / "report.html").write_text(render_report(refresh_report(base, current, summary, table)))
+    return RefreshResult(out, dataset, as_of, previous_as_of, table, changed, summary)
+
+
+def _summary(
+    dataset: str,
+    as_of: pd.Timestamp,
+    previous_as_of: pd.Timestamp | None,
+    previous: pd.DataFrame | None,
+    current: pd.DataFrame,
+    table: pd.DataFrame,
+    changed: pd.DataFrame,
+    info: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The refresh's figures for ``summary.json``: customers on both dates, new, departed and changed,
+    customers per segment and total CLV, then the caller's ``info``."""
+    return {
         "dataset": dataset,
         "as_of": f"{as_of:%Y-%m-%d}",
         "previous_as_of": None if previous_as_of is None else f"{previous_as_of:%Y-%m-%d}",
@@ -481,34 +514,21 @@ def write_refresh(
         "clv_previous": 0.0 if previous is None else float(previous["clv"].sum()),
         **(info or {}),
     }
-    marker = {"kind": KIND, "dataset": dataset, "as_of": f"{as_of:%Y-%m-%d}"}
-    keep_previous = _same_history(out, dataset)
-    with atomic_folder(out, marker, force=True) as work:  # check_out refused whatever force must not replace
-        if keep_previous:
-            _carry_over(out, work, as_of)
-        _write_parquet(current, partition(work, as_of))
-        folder = work / "refreshes" / f"{as_of:%Y-%m-%d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_csv(table, folder / "transitions.csv")
-        transition_matrix(table).rename_axis(index="from_segment", columns=None).reset_index().to_csv(
-            folder / "transition_matrix.csv", index=False
-        )
-        write_csv(changed, folder / "changes.csv")
-        per_segment: dict[str, dict[str, int]] = {}
-        lists = folder / "changes"
-        lists.mkdir()
-        segments = sorted((set(changed["previous_segment"]) | set(changed["new_segment"])) - {NEW, DEPARTED})
-        for segment in segments:
-            entered = changed.loc[changed["new_segment"] == segment]
-            left = changed.loc[changed["previous_segment"] == segment]
-            write_csv(entered, inside(lists, f"{segment}.entered.csv"))
-            write_csv(left, inside(lists, f"{segment}.left.csv"))
-            per_segment[segment] = {"entered": len(entered), "left": len(left)}
-        summary["changes_by_segment"] = per_segment
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        base = report or ReportInputs("refresh", dataset, f"{as_of:%Y-%m-%d}", None, {})
-        (folder / "report.html").write_text(render_report(refresh_report(base, current, summary, table)))
-    return RefreshResult(out, dataset, as_of, previous_as_of, table, changed, summary)
+
+
+def _write_segment_changes(changed: pd.DataFrame, lists: Path) -> dict[str, dict[str, int]]:
+    """Per segment, the customers who entered and who left it, as ``<segment>.entered.csv`` and
+    ``<segment>.left.csv`` in ``lists`` (a new folder); returns how many of each."""
+    per_segment: dict[str, dict[str, int]] = {}
+    lists.mkdir()
+    segments = sorted((set(changed["previous_segment"]) | set(changed["new_segment"])) - {NEW, DEPARTED})
+    for segment in segments:
+        entered = changed.loc[changed["new_segment"] == segment]
+        left = changed.loc[changed["previous_segment"] == segment]
+        write_csv(entered, inside(lists, f"{segment}.entered.csv"))
+        write_csv(left, inside(lists, f"{segment}.left.csv"))
+        per_segment[segment] = {"entered": len(entered), "left": len(left)}
+    return per_segment
 
 
 def refresh_report(
