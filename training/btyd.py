@@ -98,7 +98,20 @@ def fit_btyd(
     with at least one repeat purchase and a positive mean spend (refund-heavy customers with a
     non-positive mean are left out of the fit, and get the population mean spend when scored).
     """
-    from lifetimes import BetaGeoFitter, GammaGammaFitter
+    bgnbd, bg_penalizer, attempts = _fit_bgnbd(summary, period_days, penalizers)
+    gamma_gamma, gg_penalizer = None, None
+    if with_spend:
+        gamma_gamma, gg_penalizer, more = _fit_gamma_gamma(summary, penalizers)
+        attempts += more
+    return BTYDModel(bgnbd, gamma_gamma, bg_penalizer, gg_penalizer, attempts)
+
+
+def _fit_bgnbd(
+    summary: pd.DataFrame, period_days: float, penalizers: Sequence[float]
+) -> tuple[object, float, list[str]]:
+    """BG/NBD on the distinct (frequency, recency, T) rows, time in periods of ``period_days``: the
+    model, its penalizer and the attempts."""
+    from lifetimes import BetaGeoFitter
 
     data = pd.DataFrame(
         {
@@ -131,35 +144,38 @@ def fit_btyd(
         bad = int((~np.isfinite(np.asarray(expected, dtype=float))).sum() + (~np.isfinite(np.asarray(alive))).sum())
         return f"{bad} non-finite expectations or P(alive) on the fitted customers" if bad else None
 
-    bgnbd, bg_penalizer, attempts = _try_penalizers(fit_bgnbd, penalizers, "BG/NBD", finite_outputs)
-    gamma_gamma, gg_penalizer = None, None
-    if with_spend:
-        spend = pd.DataFrame(
-            {
-                "frequency": summary["frequency_days"].to_numpy(dtype=float),
-                "monetary_value": summary["monetary_value_days"].to_numpy(dtype=float),
-            }
+    return _try_penalizers(fit_bgnbd, penalizers, "BG/NBD", finite_outputs)
+
+
+def _fit_gamma_gamma(summary: pd.DataFrame, penalizers: Sequence[float]) -> tuple[object, float, list[str]]:
+    """Gamma-Gamma on the distinct (frequency, monetary value) rows of customers with a repeat purchase
+    and a positive mean spend: the model, its penalizer and the attempts."""
+    from lifetimes import GammaGammaFitter
+
+    spend = pd.DataFrame(
+        {
+            "frequency": summary["frequency_days"].to_numpy(dtype=float),
+            "monetary_value": summary["monetary_value_days"].to_numpy(dtype=float),
+        }
+    )
+    repeat = spend.loc[(spend["frequency"] > 0) & (spend["monetary_value"] > 0)]
+    if len(repeat) < 10:
+        raise FitError(f"Gamma-Gamma: only {len(repeat)} customers with a repeat purchase and positive spend")
+    spend_rows, spend_weights = compress(repeat, ["frequency", "monetary_value"])
+
+    def fit_gamma_gamma(penalizer: float) -> object:
+        return GammaGammaFitter(penalizer_coef=penalizer).fit(
+            spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_weights
         )
-        repeat = spend.loc[(spend["frequency"] > 0) & (spend["monetary_value"] > 0)]
-        if len(repeat) < 10:
-            raise FitError(f"Gamma-Gamma: only {len(repeat)} customers with a repeat purchase and positive spend")
-        spend_rows, spend_weights = compress(repeat, ["frequency", "monetary_value"])
 
-        def fit_gamma_gamma(penalizer: float) -> object:
-            return GammaGammaFitter(penalizer_coef=penalizer).fit(
-                spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_weights
-            )
+    def finite_mean(model: object) -> str | None:
+        """Gamma-Gamma's population mean order value is p v / (q - 1): with q <= 1 (very heavy-tailed
+        order values, e.g. a few huge orders in a small shop) it is infinite, and every expected
+        value built on it is meaningless."""
+        q = float(model.params_["q"])  # type: ignore[attr-defined]
+        return None if q > 1.0 else f"q = {q:.3g} <= 1 (the mean order value is infinite)"
 
-        def finite_mean(model: object) -> str | None:
-            """Gamma-Gamma's population mean order value is p v / (q - 1): with q <= 1 (very heavy-tailed
-            order values, e.g. a few huge orders in a small shop) it is infinite, and every expected
-            value built on it is meaningless."""
-            q = float(model.params_["q"])  # type: ignore[attr-defined]
-            return None if q > 1.0 else f"q = {q:.3g} <= 1 (the mean order value is infinite)"
-
-        gamma_gamma, gg_penalizer, more = _try_penalizers(fit_gamma_gamma, penalizers, "Gamma-Gamma", finite_mean)
-        attempts += more
-    return BTYDModel(bgnbd, gamma_gamma, bg_penalizer, gg_penalizer, attempts)
+    return _try_penalizers(fit_gamma_gamma, penalizers, "Gamma-Gamma", finite_mean)
 
 
 def bgnbd_log_likelihood(params: dict[str, float], x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> float:
