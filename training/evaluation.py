@@ -149,16 +149,6 @@ def evaluate_classifier(
     actual: object, probability: object, *, feature_importance: pd.Series | None = None, bins: int = 10
 ) -> Report:
     """The classifier report; ``actual`` is 0/1, ``probability`` the predicted probability of 1."""
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import (
-        average_precision_score,
-        brier_score_loss,
-        log_loss,
-        precision_recall_curve,
-        roc_auc_score,
-        roc_curve,
-    )
-
     y, p = _arrays(actual, probability)
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("classifier outcomes must be 0 or 1")
@@ -166,7 +156,22 @@ def evaluate_classifier(
         raise ValueError(f"the test set has only one class ({int(y[0])}): ROC AUC is undefined")
     if p.min() < 0 or p.max() > 1:
         raise ValueError("probabilities must lie in [0, 1]")
-    metrics = {
+    metrics = _classifier_metrics(y, p, bins)
+    quality = next(name for bound, name in QUALITY_BANDS if metrics["roc_auc"] < bound)
+
+    figures = _classifier_curves(y, p, metrics, bins)
+    figures["gains.png"] = _gains_figure(y, p, "share of positives")
+    if feature_importance is not None and len(feature_importance):
+        figures["feature_importance.png"] = _importance_figure(feature_importance)
+    tables = {"deciles": decile_table(y, p)}
+    return Report("classifier", "roc_auc", metrics, tables, figures, quality)
+
+
+def _classifier_metrics(y: np.ndarray, p: np.ndarray, bins: int) -> dict[str, float]:
+    """The classifier's metrics, ``roc_auc`` (the primary one) first."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    return {
         "roc_auc": float(roc_auc_score(y, p)),
         "pr_auc": float(average_precision_score(y, p)),
         "brier": float(brier_score_loss(y, p)),
@@ -176,7 +181,12 @@ def evaluate_classifier(
         "positive_rate": float(y.mean()),
         "test_rows": float(len(y)),
     }
-    quality = next(name for bound, name in QUALITY_BANDS if metrics["roc_auc"] < bound)
+
+
+def _classifier_curves(y: np.ndarray, p: np.ndarray, metrics: dict[str, float], bins: int) -> dict[str, Figure]:
+    """The ROC, precision-recall and calibration curves, each labelled with its metric."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
 
     figures: dict[str, Figure] = {}
     fpr, tpr, _ = roc_curve(y, p)
@@ -205,12 +215,7 @@ def evaluate_classifier(
     axes.set(xlabel="predicted probability", ylabel="observed rate", title="Calibration")
     axes.legend(loc="upper left")
     figures["calibration.png"] = figure
-
-    figures["gains.png"] = _gains_figure(y, p, "share of positives")
-    if feature_importance is not None and len(feature_importance):
-        figures["feature_importance.png"] = _importance_figure(feature_importance)
-    tables = {"deciles": decile_table(y, p)}
-    return Report("classifier", "roc_auc", metrics, tables, figures, quality)
+    return figures
 
 
 def evaluate_regression(actual: object, predicted: object, *, feature_importance: pd.Series | None = None) -> Report:
