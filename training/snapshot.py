@@ -234,57 +234,26 @@ def cross_validated(
 
 
 def train_snapshot(dataset: Dataset, config: ModelConfig, *, kind: Kind, label: str, family: str) -> Trained:
-    checked = getattr(dataset, kind)
-    if checked is None or label not in checked.frame.columns:
-        raise TrainingRefusedError(
-            f"dataset '{dataset.config.name}' has no {kind} table with a '{label}' column: "
-            f"map it under {kind}.columns in {dataset.config.source_file}"
-        )
-    rows = checked.frame.loc[checked.frame[label].notna()].reset_index(drop=True)
+    rows = _labelled_rows(dataset, kind, label)
     labels = rows[label].astype(int)
     check_class_support(labels, config.guards, f"{family} on '{dataset.config.name}'")
     columns = select_features(attribute_columns(rows), config)
     leakage = check_leakage(rows[columns], labels, config.guards, seed=config.seed)
 
-    train_rows, test_rows, window = snapshot_split(rows, labels, config)
-    if config.evaluate_on == "validation":  # the test part stays unseen: split the training part again
-        inner_train, inner_test, inner = snapshot_split(
-            rows.iloc[train_rows].reset_index(drop=True), labels.iloc[train_rows].reset_index(drop=True), config
-        )
-        train_rows, test_rows = train_rows[inner_train], train_rows[inner_test]
-        window = f"validation: {inner} of the training part of the {window}"
+    train_rows, test_rows, window = _evaluation_split(rows, labels, config)
     max_levels = dataset.config.features.max_attribute_levels
     encoder = AttributeEncoder(max_levels=max_levels).fit(rows.iloc[train_rows], columns)
     x_train = encoder.transform(rows.iloc[train_rows]).reset_index(drop=True)
     x_test = encoder.transform(rows.iloc[test_rows]).reset_index(drop=True)
     y_train, y_test = labels.iloc[train_rows].to_numpy(), labels.iloc[test_rows].to_numpy()
 
-    order = tuple(n for n in SNAPSHOT_CANDIDATES if config.candidates is None or n in config.candidates)
-    if not order:
-        raise TrainingRefusedError(
-            f"no known candidate in the model config's candidates {config.candidates}: "
-            f"use some of {list(SNAPSHOT_CANDIDATES)}"
-        )
+    order = _candidate_order(config)
     fitted = fit_snapshot_candidates(x_train, y_train, config, order)
-    test_reports = {
-        name: evaluate_classifier(
-            y_test,
-            candidate.score(x_test),
-            feature_importance=importance(candidate.estimator, x_train.columns, encoder.source_columns)
-            if name == "xgboost"
-            else None,
-        )
-        for name, candidate in fitted.items()
-    }
+    test_reports = _test_reports(fitted, x_train, x_test, y_test, encoder)
     baselines = [n for n in order if n in SNAPSHOT_BASELINES]
     if len(fitted) > 1:
         validation = cross_validated(rows, labels, train_rows, columns, config, tuple(fitted), max_levels)
-        how = (
-            "forward validation on the latest part of the training rows"
-            if "by created_at" in window
-            else f"{config.cv_folds}-fold cross-validation on the training part"
-        )
-        choice = choose_and_report(validation, test_reports, order, baselines, how)
+        choice = choose_and_report(validation, test_reports, order, baselines, _validation_protocol(window, config))
     else:
         only = next(iter(fitted))
         choice = Choice(only, f"{only}: the only candidate", {}, test_reports, tuple(baselines))
@@ -313,6 +282,68 @@ def train_snapshot(dataset: Dataset, config: ModelConfig, *, kind: Kind, label: 
         choice=choice,
         rescore=partial(_rescore, dataset, kind, rows[ROW].to_numpy()[test_rows], y_test, output),
     )
+
+
+def _labelled_rows(dataset: Dataset, kind: Kind, label: str) -> pd.DataFrame:
+    """The rows of the ``kind`` table whose ``label`` is known; refused when the table or column is absent."""
+    checked = getattr(dataset, kind)
+    if checked is None or label not in checked.frame.columns:
+        raise TrainingRefusedError(
+            f"dataset '{dataset.config.name}' has no {kind} table with a '{label}' column: "
+            f"map it under {kind}.columns in {dataset.config.source_file}"
+        )
+    return checked.frame.loc[checked.frame[label].notna()].reset_index(drop=True)
+
+
+def _evaluation_split(rows: pd.DataFrame, labels: pd.Series, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """Training and evaluation positions and how they were split: the test part, or with
+    ``evaluate_on: validation`` a split of the training part (the test part stays unseen)."""
+    train_rows, test_rows, window = snapshot_split(rows, labels, config)
+    if config.evaluate_on == "validation":
+        inner_train, inner_test, inner = snapshot_split(
+            rows.iloc[train_rows].reset_index(drop=True), labels.iloc[train_rows].reset_index(drop=True), config
+        )
+        train_rows, test_rows = train_rows[inner_train], train_rows[inner_test]
+        window = f"validation: {inner} of the training part of the {window}"
+    return train_rows, test_rows, window
+
+
+def _candidate_order(config: ModelConfig) -> tuple[str, ...]:
+    """The candidates the model config asks for, in the order of SNAPSHOT_CANDIDATES; refused when none is known."""
+    order = tuple(n for n in SNAPSHOT_CANDIDATES if config.candidates is None or n in config.candidates)
+    if not order:
+        raise TrainingRefusedError(
+            f"no known candidate in the model config's candidates {config.candidates}: "
+            f"use some of {list(SNAPSHOT_CANDIDATES)}"
+        )
+    return order
+
+
+def _test_reports(
+    fitted: dict[str, Fitted],
+    x_train: pd.DataFrame,
+    x_test: pd.DataFrame,
+    y_test: np.ndarray,
+    encoder: AttributeEncoder,
+) -> dict[str, Report]:
+    """Every candidate's report on the test part; xgboost's with its feature importance."""
+    return {
+        name: evaluate_classifier(
+            y_test,
+            candidate.score(x_test),
+            feature_importance=importance(candidate.estimator, x_train.columns, encoder.source_columns)
+            if name == "xgboost"
+            else None,
+        )
+        for name, candidate in fitted.items()
+    }
+
+
+def _validation_protocol(window: str, config: ModelConfig) -> str:
+    """How the candidates were compared, in the words of the report."""
+    if "by created_at" in window:
+        return "forward validation on the latest part of the training rows"
+    return f"{config.cv_folds}-fold cross-validation on the training part"
 
 
 def _required_inputs(dataset: Dataset, kind: Kind) -> list[str]:
