@@ -416,7 +416,6 @@ def register_and_promote(
     number = str(version.version)
     client.set_registered_model_tag(registered_name, "family", new.family)
     client.set_registered_model_tag(registered_name, "dataset", new.dataset)
-    best_name, best_value = new.best_baseline()
     current = _champion(client, registered_name)
     champion_version = str(current.version) if current is not None and str(current.version) != number else None
     if promote:
@@ -424,6 +423,27 @@ def register_and_promote(
     else:
         passes, reason = False, "a sweep's best: promote it with make promote after review"
     alias = CHAMPION if passes else CHALLENGER
+    _tag_version(client, registered_name, number, new, champion_rescored, reason)
+    if alias == CHAMPION:
+        move_champion(
+            client, registered_name, number, f"trained, {new.metric} {new.value:.4f} (run {run_id}): {reason}"
+        )
+        client.update_registered_model(registered_name, description=new.description)
+    else:
+        client.set_registered_model_alias(registered_name, alias, number)
+    promotion = Promotion(
+        registered_name, number, alias, new.metric, float(new.value), champion_rescored, champion_version, reason
+    )
+    _tag_run(client, run_id, promotion)
+    return promotion
+
+
+def _tag_version(
+    client: Any, registered_name: str, number: str, new: Candidate, champion_rescored: float | None, reason: str
+) -> None:
+    """Record on the version its figures, the best baseline's, the rescored champion's and the reason
+    it was (or was not) promoted; the candidate's description too."""
+    best_name, best_value = new.best_baseline()
     tags = {
         "family": new.family,
         "dataset": new.dataset,
@@ -440,22 +460,15 @@ def register_and_promote(
         client.set_model_version_tag(registered_name, number, key, tag)
     if new.description:
         client.update_model_version(registered_name, number, description=new.description)
-    if alias == CHAMPION:
-        move_champion(
-            client, registered_name, number, f"trained, {new.metric} {new.value:.4f} (run {run_id}): {reason}"
-        )
-        client.update_registered_model(registered_name, description=new.description)
-    else:
-        client.set_registered_model_alias(registered_name, alias, number)
-    promotion = Promotion(
-        registered_name, number, alias, new.metric, float(new.value), champion_rescored, champion_version, reason
-    )
+
+
+def _tag_run(client: Any, run_id: str, promotion: Promotion) -> None:
+    """Record on the training run what became of its model: the message, alias, figures and version."""
     client.set_tag(run_id, "promotion", promotion.message())
-    client.set_tag(run_id, "promotion_alias", alias)
-    client.set_tag(run_id, "promotion_new_value", repr(float(new.value)))
-    client.set_tag(run_id, "promotion_champion_value", repr(champion_rescored))
-    client.set_tag(run_id, "registered_version", number)
-    return promotion
+    client.set_tag(run_id, "promotion_alias", promotion.alias)
+    client.set_tag(run_id, "promotion_new_value", repr(promotion.new_value))
+    client.set_tag(run_id, "promotion_champion_value", repr(promotion.champion_value))
+    client.set_tag(run_id, "registered_version", promotion.version)
 
 
 class RegistryError(ValueError):
