@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
@@ -418,6 +418,29 @@ def _dataset_champions(dataset: str) -> Any:
         return load_champions(dataset)
 
 
+@contextmanager
+def _progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per named step, shown while the block runs; yields ``progress(name, done, total)``,
+    which adds the step's bar the first time it is named and moves it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        yield progress
+
+
 @app.command()
 def score(
     data: DataOption,
@@ -438,8 +461,6 @@ def score(
     next best action (actions/<arm>.csv); a dataset of attribute rows (hillstrom) is scored by it alone."""
     _quiet_libraries()
     _quiet_mlflow()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from serving.batch import check_replaceable, run, summary_table
     from serving.scoring import NotReadyError
     from training import tracking
@@ -449,20 +470,7 @@ def score(
         check_replaceable(out, force)  # before minutes of scoring, not after; run() checks again
         dataset = _load(data, None)
         champions = _dataset_champions(dataset.config.name)
-        columns = [
-            TextColumn("  {task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-        ]
-        with Progress(*columns, transient=False) as bar:
-            tasks: dict[str, Any] = {}
-
-            def progress(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=total)
-                bar.update(tasks[name], completed=done, total=total)
-
+        with _progress_bars() as progress:
             try:
                 result = run(
                     champions,
