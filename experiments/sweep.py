@@ -224,16 +224,12 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
     import optuna
 
     from training.customers import validation_config
-    from training.run import load_for, log_evaluation
 
     start = time.perf_counter()
     experiment = load_experiment(path)
     n_trials = trials or experiment.trials
     echo(f"{experiment.name}: reading and checking '{experiment.dataset}'")
-    _, base, dataset = load_for(experiment.family, experiment.dataset)
-    base = apply(base, fixed_settings(experiment), where=f"{path}: settings")
-    if "candidates" not in experiment.settings:  # the search space is xgboost's: compare trials of it alone
-        base = base.model_copy(update={"candidates": ["xgboost"]})
+    base, dataset = _search_base(path, experiment)
     validation = validation_config(dataset, base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=experiment.seed)
@@ -242,28 +238,14 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     name = f"sweep | {experiment.family} | {dataset.config.name} | {n_trials} trials | {stamp}"
-    interrupted = False
     test: Trained | None = None
     promotion = None
     with tracking.run(experiment.name, name, _parent_tags(path, experiment, dataset.config.name)) as parent_id:
         tracking.log_text(Path(path).read_text() if Path(path).exists() else "", "experiment.yaml")
         tracking.log_params(_sweep_params(experiment, n_trials, validation))
         echo(f"{experiment.name}: {n_trials} trial(s) of {experiment.family} on the validation window")
-        try:
-            study.optimize(trial_runs.objective, n_trials=n_trials)
-        except KeyboardInterrupt:
-            interrupted = True
-        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not finished:
-            tracking.end_active_run("KILLED")
-            raise KeyboardInterrupt
-        best = study.best_trial
-        assert trial_runs.best_number == best.number
-        best_values, best_trained = trial_runs.best_values, trial_runs.best_trained
-        assert best_trained is not None
-        tracking.set_tags({"best_trial": best.number, "trials_finished": len(finished)})
-        tracking.log_params({f"search_{k}": v for k, v in best_values.items()})
-        log_evaluation(best_trained, dataset, prefix="val_", details=False)
+        finished, interrupted = _optimize(study, trial_runs, n_trials)
+        best, best_values, best_trained = _log_best_trial(study, trial_runs, len(finished), dataset)
         if interrupted:
             tracking.set_tags({"interrupted": "true"})
             tracking.end_active_run("KILLED")
@@ -283,6 +265,53 @@ def run_experiment(path: str | Path, *, trials: int | None = None, echo: Callabl
         interrupted,
         time.perf_counter() - start,
     )
+
+
+def _search_base(path: str | Path, experiment: Experiment) -> tuple[ModelConfig, Dataset]:
+    """The family's model config for the experiment's dataset with the experiment's fixed settings, and
+    the dataset."""
+    from training.run import load_for
+
+    _, base, dataset = load_for(experiment.family, experiment.dataset)
+    base = apply(base, fixed_settings(experiment), where=f"{path}: settings")
+    if "candidates" not in experiment.settings:  # the search space is xgboost's: compare trials of it alone
+        base = base.model_copy(update={"candidates": ["xgboost"]})
+    return base, dataset
+
+
+def _optimize(
+    study: optuna.Study, trial_runs: _TrialRuns, n_trials: int
+) -> tuple[list[optuna.trial.FrozenTrial], bool]:
+    """Run the trials: the finished ones, and whether Ctrl-C stopped the search. With none finished the
+    parent run is marked KILLED and the interrupt goes on."""
+    import optuna
+
+    interrupted = False
+    try:
+        study.optimize(trial_runs.objective, n_trials=n_trials)
+    except KeyboardInterrupt:
+        interrupted = True
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        tracking.end_active_run("KILLED")
+        raise KeyboardInterrupt
+    return finished, interrupted
+
+
+def _log_best_trial(
+    study: optuna.Study, trial_runs: _TrialRuns, finished: int, dataset: Dataset
+) -> tuple[optuna.trial.FrozenTrial, dict[str, Any], Trained]:
+    """The best trial, its settings and its model, logged on the parent run with their ``val_*`` metrics."""
+    from training.run import log_evaluation
+
+    best = study.best_trial
+    assert trial_runs.best_number == best.number
+    best_values, best_trained = trial_runs.best_values, trial_runs.best_trained
+    assert best_trained is not None
+    tracking.set_tags({"best_trial": best.number, "trials_finished": finished})
+    tracking.log_params({f"search_{k}": v for k, v in best_values.items()})
+    log_evaluation(best_trained, dataset, prefix="val_", details=False)
+    return best, best_values, best_trained
 
 
 def _parent_tags(path: str | Path, experiment: Experiment, dataset_name: str) -> dict[str, str]:
