@@ -30,9 +30,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -40,6 +40,9 @@ import numpy as np
 import pandas as pd
 
 from features.config import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from serving.scoring import Champions
 
 AS_OF = "1998-07-01"
 
@@ -234,7 +237,20 @@ def with_categories(customer: dict[str, Any], names: list[str]) -> dict[str, Any
     return {**customer, "transactions": rows}
 
 
-def main() -> None:
+@dataclass
+class Measurements:
+    """What the benchmark measured, for :func:`report`."""
+
+    rounds: dict[str, list[dict[str, float]]]  # per server, each round's figures
+    reloading: tuple[dict[str, float], list[float], int] | None  # see load_with_reloads
+    one_plain: float
+    one_categorised: float
+    open_figures: list[dict[str, float]]
+    big_ms: float
+    big_p50: float
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round and server")
@@ -247,21 +263,28 @@ def main() -> None:
         "--open-loop-rates", default="100,200,300", help="requests/s of the open-loop runs, comma-separated ('': skip)"
     )
     parser.add_argument("--open-loop-seconds", type=float, default=20.0)
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-serve-"))
-    env = {
+    return parser.parse_args()
+
+
+def serve_env(folder: Path, workers: int) -> dict[str, str]:
+    """The environment of the benchmark and both servers: a temporary MLflow store, segment folder and
+    reload stamp under ``folder``."""
+    return {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
         "VALUECAST_ARTIFACT_ROOT": (folder / "artifacts").as_uri(),
         "VALUECAST_SEGMENTS_DIR": str(folder / "segments"),
         "VALUECAST_RELOAD_STAMP": str(folder / "reload.stamp"),
-        "VALUECAST_WORKERS": str(args.workers),
+        "VALUECAST_WORKERS": str(workers),
         "OMP_NUM_THREADS": "1",  # both servers: no OpenMP spin-waiting between workers
         # mlflow models serve starts `uvicorn` from the PATH
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    os.environ.update(env)
+
+
+def train_champions() -> Champions:
+    """Champions of churn, propensity and CLV trained on the CDNOW sample into the store of the
+    environment, and the sample's segment file frozen from their scores."""
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -281,89 +304,83 @@ def main() -> None:
     champions = load_champions("cdnow_sample")
     scores, facts = model_scores(champions, load_dataset(load_dataset_config("cdnow_sample")), AS_OF)
     write_frozen(freeze(pd.concat([scores, facts], axis=1), load_rules(), "cdnow_sample"), "cdnow_sample")
+    return champions
 
-    pool = customers(400)
-    bin_dir = Path(sys.executable).parent
-    churn = champions.models["churn"]
-    ours_port, theirs_port = free_port(), free_port()
-    ours_base, theirs_base = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}"
-    # Both servers run side by side (an idle server costs no CPU) and take turns under load, so that
-    # the drift of this VM's speed (up to 2x between minutes) hits both alike.
-    service = start([str(bin_dir / "bentoml"), "serve", "serving.service:ValueService", "--port", str(ours_port)], env)
-    mlflow_server = start(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{churn.registered_name}/{churn.version}",
-            "--env-manager",
-            "local",
-            "--workers",
-            str(args.workers),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(theirs_port),
-        ],
-        env,
-    )
-    to_split: Callable[[dict[str, Any]], dict[str, Any]] = lambda c: {  # noqa: E731
+
+def mlflow_serve_command(bin_dir: Path, model_uri: str, workers: int, port: int) -> list[str]:
+    return [
+        str(bin_dir / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--workers",
+        str(workers),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def mlflow_body(customer: dict[str, Any]) -> dict[str, Any]:
+    """The customer as the churn pyfunc takes it from ``mlflow models serve``: raw transactions and ``as_of``."""
+    return {
         "dataframe_split": {
             "columns": ["customer_id", "timestamp", "amount"],
-            "data": [[c["customer_id"], t["timestamp"], t["amount"]] for t in c["transactions"]],
+            "data": [[customer["customer_id"], t["timestamp"], t["amount"]] for t in customer["transactions"]],
         },
         "params": {"as_of": AS_OF},
     }
-    targets = {
-        "valuecast /score": (f"{ours_base}/score", [{"as_of": AS_OF, "customers": [c]} for c in pool]),
-        "mlflow models serve (churn)": (f"{theirs_base}/invocations", [to_split(c) for c in pool]),
-    }
-    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-    try:
-        wait_until(f"{ours_base}/readyz", 120, service)
-        wait_until(f"{theirs_base}/ping", 120, mlflow_server)
-        for url, bodies in targets.values():
-            asyncio.run(load(url, bodies[:32], args.clients, 3.0))  # warm-up
-        for _ in range(args.rounds):
-            for name, (url, bodies) in targets.items():
-                rounds[name].append(asyncio.run(load(url, bodies, args.clients, args.duration)))
-        reloading = None
-        if args.reload_every > 0:
-            reloading = asyncio.run(
-                load_with_reloads(ours_base, targets["valuecast /score"][1], args.clients, 30.0, args.reload_every)
-            )
-        plain = [{"as_of": AS_OF, "customers": [c]} for c in pool[:50]]
-        names = ["Rock", "Pop", "Jazz"]  # any names: a category the models do not know counts as other
-        categorised = [{"as_of": AS_OF, "customers": [with_categories(c, names)]} for c in pool[:50]]
-        one_plain = sequential_p50(f"{ours_base}/score", plain)
-        one_categorised = sequential_p50(f"{ours_base}/score", categorised)
-        rates = [float(r) for r in args.open_loop_rates.split(",") if r.strip()]
-        open_figures = [
-            asyncio.run(open_loop(f"{ours_base}/score", targets["valuecast /score"][1], rate, args.open_loop_seconds))
-            for rate in rates
-        ]
-        big = {"as_of": AS_OF, "customers": customers(1000, seed=1)}
-        timings = []
-        with httpx.Client(timeout=60) as session:
-            for _ in range(5):
-                began = time.perf_counter()
-                answer = session.post(f"{ours_base}/score", json=big)
-                timings.append((time.perf_counter() - began) * 1000)
-                assert answer.status_code == 200, answer.text
-        big_ms, big_p50 = min(timings), float(np.median(timings))
-    finally:
-        stop(service)
-        stop(mlflow_server)
 
-    print()
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{args.clients} clients, {args.rounds} rounds of {args.duration:.0f} s per server, taking turns; "
-        f"one customer with 20 transactions per request; workers: {args.workers} per server"
-    )
-    header = f"{'server':<28} {'requests':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
-    print(f"{header} {'client CPU ms':>12}")
+
+def big_request(base: str) -> tuple[float, float]:
+    """One request of 1,000 customers, five times: the best and the median milliseconds."""
+    big = {"as_of": AS_OF, "customers": customers(1000, seed=1)}
+    timings = []
+    with httpx.Client(timeout=60) as session:
+        for _ in range(5):
+            began = time.perf_counter()
+            answer = session.post(f"{base}/score", json=big)
+            timings.append((time.perf_counter() - began) * 1000)
+            assert answer.status_code == 200, answer.text
+    return min(timings), float(np.median(timings))
+
+
+def measure(
+    args: argparse.Namespace, targets: dict[str, tuple[str, list[Any]]], ours_base: str, pool: list[dict[str, Any]]
+) -> Measurements:
+    """The servers taking turns under load, then reloads, one client with and without categories, the
+    open-loop runs and the 1,000-customer request (both servers are ready)."""
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for url, bodies in targets.values():
+        asyncio.run(load(url, bodies[:32], args.clients, 3.0))  # warm-up
+    for _ in range(args.rounds):
+        for name, (url, bodies) in targets.items():
+            rounds[name].append(asyncio.run(load(url, bodies, args.clients, args.duration)))
+    reloading = None
+    if args.reload_every > 0:
+        reloading = asyncio.run(
+            load_with_reloads(ours_base, targets["valuecast /score"][1], args.clients, 30.0, args.reload_every)
+        )
+    plain = [{"as_of": AS_OF, "customers": [c]} for c in pool[:50]]
+    names = ["Rock", "Pop", "Jazz"]  # any names: a category the models do not know counts as other
+    categorised = [{"as_of": AS_OF, "customers": [with_categories(c, names)]} for c in pool[:50]]
+    one_plain = sequential_p50(f"{ours_base}/score", plain)
+    one_categorised = sequential_p50(f"{ours_base}/score", categorised)
+    rates = [float(r) for r in args.open_loop_rates.split(",") if r.strip()]
+    open_figures = [
+        asyncio.run(open_loop(f"{ours_base}/score", targets["valuecast /score"][1], rate, args.open_loop_seconds))
+        for rate in rates
+    ]
+    big_ms, big_p50 = big_request(ours_base)
+    return Measurements(rounds, reloading, one_plain, one_categorised, open_figures, big_ms, big_p50)
+
+
+def print_rounds(rounds: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each server's rounds and their medians (requests and errors: totals), as table rows; returns the medians."""
     medians: dict[str, dict[str, float]] = {}
     for name, runs in rounds.items():
         for position, r in enumerate(runs, start=1):
@@ -373,27 +390,45 @@ def main() -> None:
         medians[name]["errors"] = float(sum(r["errors"] for r in runs))
     for name, r in medians.items():
         print(line(f"{name} median", r))
+    return medians
+
+
+def report(args: argparse.Namespace, measured: Measurements) -> None:
+    """The figures next to their targets."""
+    print()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{args.clients} clients, {args.rounds} rounds of {args.duration:.0f} s per server, taking turns; "
+        f"one customer with 20 transactions per request; workers: {args.workers} per server"
+    )
+    header = f"{'server':<28} {'requests':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    print(f"{header} {'client CPU ms':>12}")
+    medians = print_rounds(measured.rounds)
     ours, theirs = medians["valuecast /score"], medians["mlflow models serve (churn)"]
-    pairs = zip(rounds["valuecast /score"], rounds["mlflow models serve (churn)"], strict=True)
+    pairs = zip(measured.rounds["valuecast /score"], measured.rounds["mlflow models serve (churn)"], strict=True)
     ratios = [a["rps"] / b["rps"] for a, b in pairs]
     print()
     print(
         f"valuecast p50 {ours['p50']:.1f} ms (target <= 15), p99 {ours['p99']:.1f} ms (target <= 100), "
         f"errors {ours['errors']:.0f} (target 0)"
     )
-    print(f"1,000 customers in one request: p50 {big_p50:.0f} ms, best {big_ms:.0f} ms of 5 (target: p50 <= 100 ms)")
+    print(
+        f"1,000 customers in one request: p50 {measured.big_p50:.0f} ms, best {measured.big_ms:.0f} ms of 5 "
+        "(target: p50 <= 100 ms)"
+    )
+    one_plain, one_categorised = measured.one_plain, measured.one_categorised
     print(
         f"one customer, one client, p50 of 200: {one_plain:.1f} ms plain, {one_categorised:.1f} ms with a category on "
         f"every purchase ({one_categorised / one_plain:.2f}x; target <= 1.5x)"
     )
-    for figures in open_figures:
+    for figures in measured.open_figures:
         print(
             f"open loop, Poisson arrivals at {figures['rate']:.0f}/s for {args.open_loop_seconds:.0f} s: "
             f"{figures['requests']:.0f} requests, p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, "
             f"{figures['errors']:.0f} errors (target at 300/s: p99 <= 50 ms, 0 errors)"
         )
-    if reloading is not None:
-        figures, reload_seconds, failed = reloading
+    if measured.reloading is not None:
+        figures, reload_seconds, failed = measured.reloading
         print(
             f"30 s of {args.clients} clients with POST /reload every {args.reload_every:g} s: "
             f"{figures['requests']:,.0f} requests, {figures['errors']:.0f} errors (target 0); "
@@ -404,6 +439,38 @@ def main() -> None:
         f"requests/s vs mlflow models serve: {ours['rps'] / theirs['rps']:.2f}x of the medians, per round "
         f"{', '.join(f'{r:.2f}x' for r in ratios)} (target >= 4.5x)"
     )
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.simplefilter("ignore")
+    folder = Path(tempfile.mkdtemp(prefix="valuecast-bench-serve-"))
+    env = serve_env(folder, args.workers)
+    os.environ.update(env)
+    champions = train_champions()
+
+    pool = customers(400)
+    bin_dir = Path(sys.executable).parent
+    churn = champions.models["churn"]
+    ours_port, theirs_port = free_port(), free_port()
+    ours_base, theirs_base = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}"
+    # Both servers run side by side (an idle server costs no CPU) and take turns under load, so that
+    # the drift of this VM's speed (up to 2x between minutes) hits both alike.
+    service = start([str(bin_dir / "bentoml"), "serve", "serving.service:ValueService", "--port", str(ours_port)], env)
+    churn_uri = f"models:/{churn.registered_name}/{churn.version}"
+    mlflow_server = start(mlflow_serve_command(bin_dir, churn_uri, args.workers, theirs_port), env)
+    targets = {
+        "valuecast /score": (f"{ours_base}/score", [{"as_of": AS_OF, "customers": [c]} for c in pool]),
+        "mlflow models serve (churn)": (f"{theirs_base}/invocations", [mlflow_body(c) for c in pool]),
+    }
+    try:
+        wait_until(f"{ours_base}/readyz", 120, service)
+        wait_until(f"{theirs_base}/ping", 120, mlflow_server)
+        measured = measure(args, targets, ours_base, pool)
+    finally:
+        stop(service)
+        stop(mlflow_server)
+    report(args, measured)
 
 
 if __name__ == "__main__":
