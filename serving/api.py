@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -82,9 +82,14 @@ def _utf8(value: str) -> str:
     return value
 
 
+# Text pydantic would read as seconds since 1970 ("1998" as 1970-01-01 00:33:18, "19980105" as 1970-08-20)
+NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def _text_only(value: Any) -> Any:
-    """Dates and times are written as text: a number is not a date (1998 is not 1998-01-01)."""
-    if not isinstance(value, str | date):
+    """Dates and times are written as ISO 8601 text: a number is not a date (1998 is not 1998-01-01),
+    nor is a number written as text, which pydantic would read as seconds since 1970."""
+    if not isinstance(value, str | date) or (isinstance(value, str) and NUMBER_TEXT.fullmatch(value)):
         raise ValueError("write dates as ISO 8601 text, e.g. '1998-07-01' or '1998-07-01T10:30:00+02:00'")
     return value
 
@@ -425,77 +430,23 @@ def to_json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
+def _json_list(array: np.ndarray) -> list[Any]:
+    """A column as JSON-ready values; numbers without a Python call per value."""
+    values = array.tolist()
+    if array.dtype.kind == "f":
+        for position in np.flatnonzero(~np.isfinite(array)).tolist():
+            values[position] = None
+    elif array.dtype.kind not in "biu" and not set(map(type, values)) <= {str, bool, int, type(None)}:
+        values = [_json_value(v) for v in values]
+    return values
+
+
 def column_records(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> list[dict[str, Any]]:
     """:func:`to_json_records` for a dict of equal-length arrays, the columns ``names`` in that order."""
-    lists = [[_json_value(v) for v in np.asarray(columns[name]).tolist()] for name in names]
+    lists = [_json_list(np.asarray(columns[name])) for name in names]
     if not lists:
         return [{} for _ in range(rows_of(columns))]
     return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
-
-
-PLAIN_FIELDS = {"timestamp", "amount"}
-CATEGORY_FIELDS = {*PLAIN_FIELDS, "category"}
-EPOCH = datetime(1970, 1, 1)
-MICROSECOND = timedelta(microseconds=1)
-
-
-@dataclass
-class Histories:
-    """A request's customers as arrays for :func:`serving.scoring.score_histories`."""
-
-    ids: list[str]
-    code: np.ndarray
-    ts: np.ndarray
-    amount: np.ndarray
-    attributes: dict[str, list[Any]]
-    # Per row, the position of its category in ``category_names`` ("(none)" for a missing one, as
-    # features.transactions.encode names it); None when no transaction carries a category.
-    category: np.ndarray | None = None
-    category_names: np.ndarray | None = None
-
-
-def histories_of(
-    request: ScoreRequest, reserved: set[str], missing_values: Sequence[str] = (), *, with_categories: bool = True
-) -> Histories | None:
-    """The request as purchase histories (with their categories), or None when it carries more than
-    those can hold: order ids or other optional transaction fields, or attributes named in
-    ``reserved`` (columns the dataset's value maps check or the contract's names), which the row
-    checks read. Timestamps become int64 nanoseconds in UTC (naive times are UTC), as
-    :func:`transactions_frame` converts them; a category in ``missing_values`` (the dataset's) is
-    missing, as the row checks make it. ``with_categories=False`` (the dataset maps category values):
-    a request with categories goes the pandas way."""
-    ids, code, stamps, amount, categories = [], [], [], [], []
-    names: set[str] = set()
-    missing = set(missing_values)
-    for position, customer in enumerate(request.customers):
-        ids.append(str(customer.customer_id))
-        names.update(customer.attributes)
-        for t in customer.transactions:
-            if t.model_fields_set - CATEGORY_FIELDS and any(
-                getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS if name != "category"
-            ):
-                return None
-            code.append(position)
-            stamps.append(t.timestamp)
-            amount.append(t.amount)
-            if t.category is not None and not with_categories:
-                return None
-            categories.append(None if t.category is None or t.category in missing else t.category)
-    if names & reserved:
-        return None
-    # Integer arithmetic on the datetimes: numpy's conversion of datetime objects is 5x slower.
-    if any(stamp.tzinfo is not None for stamp in stamps):
-        stamps = [s.astimezone(UTC).replace(tzinfo=None) if s.tzinfo is not None else s for s in stamps]
-    ts = np.asarray([(stamp - EPOCH) // MICROSECOND * 1000 for stamp in stamps], dtype=np.int64)
-    attributes = {name: [c.attributes.get(name) for c in request.customers] for name in sorted(names)}
-    histories = Histories(ids, np.asarray(code, dtype=np.int64), ts, np.asarray(amount, dtype=np.float64), attributes)
-    if any(c is not None for c in categories):
-        labels: dict[str, int] = {}
-        histories.category = np.asarray(
-            [labels.setdefault("(none)" if c is None else c, len(labels)) for c in categories], dtype=np.int32
-        )
-        histories.category_names = np.asarray(list(labels), dtype=object)
-    return histories
 
 
 TRANSACTION_FIELDS = set(Transaction.model_fields)

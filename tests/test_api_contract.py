@@ -89,6 +89,7 @@ def test_finding_1_lead_field_named_like_the_id_column_is_422(server: str) -> No
         ({"timestamp": "1998-01-05", "amount": True}, "amount"),
         ({"timestamp": "1998-01-05", "amount": "12.5"}, "amount"),
         ({"timestamp": 883958400, "amount": 3}, "timestamp"),
+        ({"timestamp": "19980105", "amount": 3}, "timestamp"),  # pydantic would read 1970-08-20
         ({"timestamp": "1998-01-05", "amount": 3, "quantity": False}, "quantity"),
     ],
 )

@@ -152,7 +152,8 @@ def test_plain_histories_score_exactly_as_the_pandas_path(champion_store: dict[s
     """The API's path for plain purchase histories (no pandas) against score_customers, the batch
     path, on real customers plus every edge: no history, only future rows, refunds only, a time zone,
     suppression attributes, an attribute the models do not read."""
-    from serving.api import ScoreRequest, customer_attributes, histories_of, transactions_frame
+    from serving.api import ScoreRequest, customer_attributes, transactions_frame
+    from serving.histories import histories_of
     from serving.scoring import histories_problem, load_champions, score_customers, score_histories
     from training.common import request_dataset
 
@@ -235,7 +236,8 @@ def test_plain_histories_score_exactly_as_the_pandas_path(champion_store: dict[s
 def test_categories_on_the_array_path_give_the_features_of_the_row_checks() -> None:
     from features.config import load_dataset_config
     from features.transactions import compute_transaction_features, feature_arrays
-    from serving.api import ScoreRequest, histories_of, transactions_frame
+    from serving.api import ScoreRequest, transactions_frame
+    from serving.histories import histories_of
     from training.common import request_dataset
 
     rows = [

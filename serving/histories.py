@@ -1,0 +1,230 @@
+"""A score request's purchase histories as arrays, for :func:`serving.scoring.score_histories`.
+
+Two ways in, one result:
+
+- :func:`histories_of` reads a request pydantic has validated (every field a Python object);
+- :func:`plain_request` reads the JSON body of the usual request directly: pydantic validates the
+  request without its purchases (ids, attributes, limits), and the purchases are checked as columns
+  with the same rules. It accepts only what the full validation accepts with the same values (naive
+  ISO 8601 times, numbers, text categories); for anything else it answers None and the request is
+  validated the full way, which reports each problem with its path. A 1,000-customer request spends
+  ~4 us per purchase in pydantic's model objects; as columns it is a few numpy passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from serving.api import (
+    EARLIEST,
+    LATEST,
+    MAX_ABS_NUMBER,
+    MAX_TEXT,
+    MAX_TRANSACTIONS,
+    OPTIONAL_TRANSACTION_FIELDS,
+    ScoreRequest,
+)
+
+PLAIN_FIELDS = {"timestamp", "amount"}
+CATEGORY_FIELDS = {*PLAIN_FIELDS, "category"}
+EPOCH = datetime(1970, 1, 1)
+MICROSECOND = timedelta(microseconds=1)
+# The naive ISO 8601 forms the column check takes ("d": a digit, "T": "T" or a blank), with the
+# lengths they come in: a day, minutes, seconds, seconds with 1-6 decimals.
+ISO_TEMPLATE = "dddd-dd-ddTdd:dd:dd.dddddd"
+ISO_LENGTHS = (10, 16, 19, 21, 22, 23, 24, 25, 26)
+
+
+@dataclass
+class Histories:
+    """A request's customers as arrays for :func:`serving.scoring.score_histories`."""
+
+    ids: list[str]
+    code: np.ndarray
+    ts: np.ndarray
+    amount: np.ndarray
+    attributes: dict[str, list[Any]]
+    # Per row, the position of its category in ``category_names`` ("(none)" for a missing one, as
+    # features.transactions.encode names it); None when no transaction carries a category.
+    category: np.ndarray | None = None
+    category_names: np.ndarray | None = None
+
+
+def histories_of(
+    request: ScoreRequest, reserved: set[str], missing_values: Sequence[str] = (), *, with_categories: bool = True
+) -> Histories | None:
+    """The request as purchase histories (with their categories), or None when it carries more than
+    those can hold: order ids or other optional transaction fields, or attributes named in
+    ``reserved`` (columns the dataset's value maps check or the contract's names), which the row
+    checks read. Timestamps become int64 nanoseconds in UTC (naive times are UTC), as
+    :func:`serving.api.transactions_frame` converts them; a category in ``missing_values`` (the
+    dataset's) is missing, as the row checks make it. ``with_categories=False`` (the dataset maps
+    category values): a request with categories goes the pandas way."""
+    code, stamps, amount, categories = [], [], [], []
+    for position, customer in enumerate(request.customers):
+        for t in customer.transactions:
+            if t.model_fields_set - CATEGORY_FIELDS and any(
+                getattr(t, name) is not None for name in OPTIONAL_TRANSACTION_FIELDS if name != "category"
+            ):
+                return None
+            code.append(position)
+            stamps.append(t.timestamp)
+            amount.append(t.amount)
+            categories.append(t.category)
+    # Integer arithmetic on the datetimes: numpy's conversion of datetime objects is 5x slower.
+    if any(stamp.tzinfo is not None for stamp in stamps):
+        stamps = [s.astimezone(UTC).replace(tzinfo=None) if s.tzinfo is not None else s for s in stamps]
+    ts = np.asarray([(stamp - EPOCH) // MICROSECOND * 1000 for stamp in stamps], dtype=np.int64)
+    purchases = Purchases(np.asarray(code, dtype=np.int64), ts, np.asarray(amount, dtype=np.float64), categories)
+    return purchases.histories(request, reserved, missing_values, with_categories=with_categories)
+
+
+@dataclass
+class Purchases:
+    """A request's purchases as columns: the customer's position per row, times (int64 ns, UTC),
+    amounts, and categories (None where a row has none; no list where no row has one)."""
+
+    code: np.ndarray
+    ts: np.ndarray
+    amount: np.ndarray
+    categories: list[str | None] | None
+
+    def histories(
+        self,
+        request: ScoreRequest,
+        reserved: set[str],
+        missing_values: Sequence[str] = (),
+        *,
+        with_categories: bool = True,
+    ) -> Histories | None:
+        """These purchases with ``request``'s customers (see :func:`histories_of`)."""
+        names = {name for customer in request.customers for name in customer.attributes}
+        has_category = self.categories is not None and any(c is not None for c in self.categories)
+        if names & reserved or (has_category and not with_categories):
+            return None
+        ids = [str(c.customer_id) for c in request.customers]
+        attributes = {name: [c.attributes.get(name) for c in request.customers] for name in sorted(names)}
+        histories = Histories(ids, self.code, self.ts, self.amount, attributes)
+        if has_category:
+            missing, labels = set(missing_values), dict[str, int]()
+            named = ["(none)" if c is None or c in missing else c for c in self.categories or ()]
+            histories.category = np.asarray([labels.setdefault(c, len(labels)) for c in named], dtype=np.int32)
+            histories.category_names = np.asarray(list(labels), dtype=object)
+        return histories
+
+
+@dataclass
+class PlainBody:
+    """A body :func:`plain_request` read: its purchases as columns, and the body itself for the full
+    validation where a dataset needs more than histories (an uplift-only dataset, row checks)."""
+
+    purchases: Purchases
+    body: Mapping[str, Any]
+
+    def request(self) -> ScoreRequest:
+        """The whole body validated the full way (it passes: the column checks accept less)."""
+        return ScoreRequest.model_validate(self.body)
+
+
+def plain_request(body: Any) -> tuple[ScoreRequest, PlainBody] | None:
+    """The usual score request read without a model object per purchase: the request validated by
+    pydantic without its purchases, and the purchases checked as columns. None when the body holds
+    anything the column checks do not take (events, other transaction fields, a zone on a time, a
+    text amount, any value out of range, any request pydantic refuses): validate it the full way."""
+    if not isinstance(body, dict) or type(customers := body.get("customers")) is not list:
+        return None
+    if not set(map(type, customers)) <= {dict} or any("events" in c for c in customers):
+        return None
+    lists = [c.get("transactions", []) for c in customers]
+    if not set(map(type, lists)) <= {list} or max(map(len, lists), default=0) > MAX_TRANSACTIONS:
+        return None
+    rows = [row for one in lists for row in one]
+    if not set(map(type, rows)) <= {dict}:
+        return None
+    fields = set(map(len, rows))
+    with_category = 0 if fields <= {2} else sum(map(dict.__contains__, rows, repeat("category")))
+    if sum(map(len, rows)) != 2 * len(rows) + with_category:
+        return None  # a field other than timestamp, amount and category
+    try:
+        stamps, amounts = list(map(itemgetter("timestamp"), rows)), list(map(itemgetter("amount"), rows))
+    except KeyError:
+        return None
+    categories = [row.get("category") for row in rows] if with_category else None
+    ts, amount = iso_times(stamps), numbers(amounts)
+    if ts is None or amount is None or not all(c is None or plain_text(c) for c in categories or ()):
+        return None
+    try:
+        skeleton = ScoreRequest.model_validate({**body, "customers": [{**c, "transactions": []} for c in customers]})
+    except ValidationError:
+        return None
+    code = np.repeat(np.arange(len(lists), dtype=np.int64), [len(one) for one in lists])
+    return skeleton, PlainBody(Purchases(code, ts, amount, categories), body)
+
+
+def iso_times(stamps: list[Any]) -> np.ndarray | None:
+    """Naive ISO 8601 texts (``1998-01-05``, ``1998-01-05T10:30``, seconds, up to 6 decimals; "T"
+    or a blank) as int64 nanoseconds, if every one is such a text of a real moment within the API's
+    date range; otherwise None."""
+    if not set(map(type, stamps)) <= {str}:
+        return None
+    if not stamps:
+        return np.empty(0, dtype=np.int64)
+    text = np.asarray(stamps, dtype=str)
+    width = text.dtype.itemsize // 4
+    lengths = np.char.str_len(text)
+    # numpy drops trailing NULs from fixed-width text: the lengths must be Python's too
+    if width > len(ISO_TEMPLATE) or int(lengths.sum()) != sum(map(len, stamps)):
+        return None
+    chars = text.view(np.uint32).reshape(len(stamps), width)
+    good = np.isin(lengths, ISO_LENGTHS)
+    for position, kind in enumerate(ISO_TEMPLATE[:width]):
+        c = chars[:, position]
+        if kind == "d":
+            fits = (c >= ord("0")) & (c <= ord("9"))
+        elif kind == "T":
+            fits = (c == ord("T")) | (c == ord(" "))
+        else:
+            fits = c == ord(kind)
+        good &= fits | (lengths <= position)
+    if not good.all():
+        return None
+    try:  # numpy refuses what is no moment (1998-02-30, 24:00, a 60th second)
+        values = np.array(stamps, dtype="datetime64[us]")  # from the list: 5x faster than from ``text``
+    except ValueError:
+        return None
+    if values.min() < np.datetime64(EARLIEST, "us") or values.max() > np.datetime64(LATEST, "us"):
+        return None
+    return values.astype(np.int64) * 1000
+
+
+def numbers(values: list[Any]) -> np.ndarray | None:
+    """JSON numbers (not true/false, not text) as float64, if all are finite and within the API's
+    limit; otherwise None."""
+    kinds = set(map(type, values))
+    if not kinds <= {float, int}:
+        return None
+    if int in kinds and any(type(v) is int and abs(v) > MAX_ABS_NUMBER for v in values):
+        return None  # before float64, which would round a huge integer into range
+    array = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(array).all() or (array.size and np.abs(array).max() > MAX_ABS_NUMBER):
+        return None
+    return array
+
+
+def plain_text(value: Any) -> bool:
+    """A category the full validation takes as it is: text within the length limit, valid Unicode."""
+    if type(value) is not str or len(value) > MAX_TEXT:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
