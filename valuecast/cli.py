@@ -51,11 +51,17 @@ def _quiet_libraries() -> None:
 def _quiet_mlflow() -> None:
     """MLflow's INFO lines (uv project detected, input example validated...) and two warnings that are
     not actionable here (no pip in a uv venv; the cloudpickle notice on every model) would bury the
-    progress. Set after importing mlflow, which configures its loggers on import."""
+    progress. Set after importing mlflow, which configures its loggers on import. Also off: the
+    "Downloading artifacts" bar of every model load, and the notice that a dataset's source (a file
+    path) could be read as more than one kind of source."""
     import logging
+    import os
+    import warnings
 
     import mlflow  # noqa: F401
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     for name in ("mlflow.utils.environment", "mlflow.pyfunc", "mlflow.utils.uv_utils"):
         logging.getLogger(name).setLevel(logging.ERROR)
