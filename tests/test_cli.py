@@ -147,6 +147,7 @@ def test_demo_builds_every_bundled_dataset_and_registers_the_models(tmp_path: Pa
         "valuecast-clv-cdnow",
         "valuecast-lead-score-x_education",
         "valuecast-macro-segment-online_retail",
+        "valuecast-uplift-hillstrom",
     ):
         assert client.get_model_version_by_alias(name, "champion").version is not None, name
     assert len(list((tmp_path / "segments" / "cdnow").glob("segments-*.json"))) == 1

@@ -247,7 +247,7 @@ def demo(
 ) -> None:
     """Features and labels for every bundled dataset there is, then every model trained, logged and
     registered in MLflow (CDNOW's churn, propensity and CLV, X Education's lead score, Online Retail's
-    macro segments), a short
+    macro segments, Hillstrom's uplift), a short
     hyperparameter search, and a batch score of every CDNOW customer."""
     _quiet_libraries()
     from features.demo import run_demo
@@ -272,6 +272,7 @@ def _demo_training(out: Path) -> None:
         ("clv", "cdnow"),
         ("lead_score", "x_education"),
         ("macro_segment", "online_retail"),
+        ("uplift", "hillstrom"),
     )
     for family, data in demo_models:
         with user_errors():
