@@ -107,16 +107,18 @@ class Purchases:
     ) -> Histories | None:
         """These purchases with ``request``'s customers (see :func:`histories_of`)."""
         names = {name for customer in request.customers for name in customer.attributes}
-        has_category = self.categories is not None and any(c is not None for c in self.categories)
-        if names & reserved or (has_category and not with_categories):
+        sent = self.categories is not None and any(c is not None for c in self.categories)
+        if names & reserved or (sent and not with_categories):
             return None
         ids = [str(c.customer_id) for c in request.customers]
         attributes = {name: [c.attributes.get(name) for c in request.customers] for name in sorted(names)}
         histories = Histories(ids, self.code, self.ts, self.amount, attributes)
-        if has_category:
-            missing, labels = set(missing_values), dict[str, int]()
-            named = ["(none)" if c is None or c in missing else c for c in self.categories or ()]
-            histories.category = np.asarray([labels.setdefault(c, len(labels)) for c in named], dtype=np.int32)
+        missing = set(missing_values)
+        known = [None if c is None or c in missing else c for c in self.categories or ()]
+        if any(c is not None for c in known):  # only missing-value markers: no categories, as the row checks see it
+            labels: dict[str, int] = {}
+            codes = [labels.setdefault("(none)" if c is None else c, len(labels)) for c in known]
+            histories.category = np.asarray(codes, dtype=np.int32)
             histories.category_names = np.asarray(list(labels), dtype=object)
         return histories
 

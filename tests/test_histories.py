@@ -118,3 +118,19 @@ def test_everything_else_is_left_to_the_full_validation(name: str) -> None:
     if name not in ("a zone", "UTC's Z", "seven decimals", "an order id", "events"):
         with pytest.raises(ValidationError):
             ScoreRequest.model_validate(body)
+
+
+def test_categories_that_are_all_missing_value_markers_are_no_categories() -> None:
+    """As the row checks see them: a request whose every category is the dataset's missing-value
+    marker has no categories, on both ways in."""
+    body = body_of({"timestamp": "1998-01-05", "amount": 3, "category": "NA"}, {"timestamp": "1998-02-05", "amount": 4})
+    read = plain_request(body)
+    assert read is not None
+    for histories in (
+        read[1].purchases.histories(read[0], set(), ["NA"]),
+        histories_of(ScoreRequest.model_validate(body), set(), ["NA"]),
+    ):
+        assert histories is not None and histories.category is None and histories.category_names is None
+    with_marker = read[1].purchases.histories(read[0], set(), [])  # not a marker there: a category
+    assert with_marker is not None and with_marker.category_names is not None
+    assert list(with_marker.category_names) == ["NA", "(none)"]
