@@ -450,66 +450,21 @@ def _score_into(
     progress: Callable[[str, int, int], None],
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any], str]:
     """Every step of :func:`run`, writing into the temporary folder ``work``."""
-    population = f"{dataset.config.name} as of {as_of:%Y-%m-%d}"
-    if engine == "spark":
-        from serving import spark_engine
-
-        if refreeze or latest_frozen(champions.dataset) is None:  # cut-offs need the whole population: one local pass
-            raw, facts = model_scores_of_dataset(champions, dataset, as_of)
-            segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
-        else:
-            segment_file = load_or_freeze(champions, pd.DataFrame(), pd.DataFrame(), population, False, rules_path)
-        progress("scoring customers on Spark", 0, 1)
-        scores = spark_engine.score_dataset(
-            champions,
-            dataset,
-            as_of,
-            customer_ids(dataset, as_of, campaign_ids(champions, dataset)),
-            customer_table(dataset),
-            out_parquet=work / "scores.parquet",
-        )
-        progress("scoring customers on Spark", 1, 1)
-    else:
-        raw, facts = model_scores_of_dataset(
-            champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t)
-        )
-        segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
-        scores = with_segments(champions, raw, facts, as_of)
+    scores, segment_file = _customer_scores(
+        champions,
+        dataset,
+        as_of,
+        engine=engine,
+        freeze=(refreeze, rules_path),
+        spark_parquet=work / "scores.parquet",
+        progress=progress,
+    )
     if uses_uplift(champions, dataset):  # the uplift columns of the same customers
         progress("scoring uplift", 0, 1)
         scores = with_uplift(champions, dataset, scores)
         progress("scoring uplift", 1, 1)
-    leads = None
-    if dataset.leads is not None and "lead_score" in champions.models:
-        model = champions.models["lead_score"].model
-        table = dataset.config.leads
-        assert table is not None
-        from features.io import read_raw_table, table_path
-
-        raw = read_raw_table(table_path(dataset.config, table), table)
-        raw = raw.loc[raw["_row"].isin(dataset.leads.frame["_row"])].drop(columns=["_row"])
-        leads = model.predict(None, raw)
-        leads["model_version"] = champions.models["lead_score"].version
-    figures_summary = summary(scores)
-    assert champions.frozen is not None
-    info: dict[str, Any] = {
-        "dataset": dataset.config.name,
-        "currency": dataset.config.currency,
-        "horizons": horizons(champions),
-        "engine": engine,
-        "as_of": f"{as_of:%Y-%m-%d}",
-        "models": champions.versions(),
-        "segment_version": champions.frozen.version,
-        "segment_file": Path(segment_file).name,
-        "summary": figures_summary,
-        "leads": None
-        if leads is None
-        else {"leads": len(leads), "tiers": leads["tier"].value_counts().sort_index().to_dict()},
-    }
-    if uses_uplift(champions, dataset):
-        info["uplift"] = micro.action_mix(scores)
-    if (macro_profiles := macro.profiles(scores)) is not None:
-        info["macro_segments"] = macro_profiles.to_dict(orient="records")
+    leads = _lead_scores(champions, dataset)
+    info = _run_info(champions, dataset, as_of, engine, scores, leads, segment_file)
     progress("writing", 0, 1)
     if engine != "spark" or uses_uplift(champions, dataset):  # Spark wrote the scores unless uplift joined them
         scores.to_parquet(work / "scores.parquet", index=False)
@@ -524,6 +479,95 @@ def _score_into(
     (work / "report.html").write_text(report_html(report_inputs(champions, dataset, scores, info)))
     (work / "summary.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return scores, leads, info, segment_file
+
+
+def _customer_scores(
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    *,
+    engine: str,
+    freeze: tuple[bool, Path | None],
+    spark_parquet: Path,
+    progress: Callable[[str, int, int], None],
+) -> tuple[pd.DataFrame, str]:
+    """Every customer's scores and segments on ``engine``, and the segment file they were cut with;
+    ``freeze``: (cut anew on this population, the rules file), as :func:`load_or_freeze` takes them.
+    Spark writes its scores to ``spark_parquet`` itself."""
+    refreeze, rules_path = freeze
+    population = f"{dataset.config.name} as of {as_of:%Y-%m-%d}"
+    if engine != "spark":
+        raw, facts = model_scores_of_dataset(
+            champions, dataset, as_of, lambda d, t: progress("scoring customers", d, t)
+        )
+        segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
+        return with_segments(champions, raw, facts, as_of), segment_file
+    from serving import spark_engine
+
+    if refreeze or latest_frozen(champions.dataset) is None:  # cut-offs need the whole population: one local pass
+        raw, facts = model_scores_of_dataset(champions, dataset, as_of)
+        segment_file = load_or_freeze(champions, raw, facts, population, refreeze, rules_path)
+    else:
+        segment_file = load_or_freeze(champions, pd.DataFrame(), pd.DataFrame(), population, False, rules_path)
+    progress("scoring customers on Spark", 0, 1)
+    scores = spark_engine.score_dataset(
+        champions,
+        dataset,
+        as_of,
+        customer_ids(dataset, as_of, campaign_ids(champions, dataset)),
+        customer_table(dataset),
+        out_parquet=spark_parquet,
+    )
+    progress("scoring customers on Spark", 1, 1)
+    return scores, segment_file
+
+
+def _lead_scores(champions: Champions, dataset: Dataset) -> pd.DataFrame | None:
+    """The dataset's leads scored by its lead-score champion (their rows as read, the usable ones), if both exist."""
+    if dataset.leads is None or "lead_score" not in champions.models:
+        return None
+    model = champions.models["lead_score"].model
+    table = dataset.config.leads
+    assert table is not None
+    from features.io import read_raw_table, table_path
+
+    raw = read_raw_table(table_path(dataset.config, table), table)
+    raw = raw.loc[raw["_row"].isin(dataset.leads.frame["_row"])].drop(columns=["_row"])
+    leads = model.predict(None, raw)
+    leads["model_version"] = champions.models["lead_score"].version
+    return leads
+
+
+def _run_info(
+    champions: Champions,
+    dataset: Dataset,
+    as_of: pd.Timestamp,
+    engine: str,
+    scores: pd.DataFrame,
+    leads: pd.DataFrame | None,
+    segment_file: str,
+) -> dict[str, Any]:
+    """The run's summary.json before the files are written: what was scored with what, and the figures."""
+    assert champions.frozen is not None
+    info: dict[str, Any] = {
+        "dataset": dataset.config.name,
+        "currency": dataset.config.currency,
+        "horizons": horizons(champions),
+        "engine": engine,
+        "as_of": f"{as_of:%Y-%m-%d}",
+        "models": champions.versions(),
+        "segment_version": champions.frozen.version,
+        "segment_file": Path(segment_file).name,
+        "summary": summary(scores),
+        "leads": None
+        if leads is None
+        else {"leads": len(leads), "tiers": leads["tier"].value_counts().sort_index().to_dict()},
+    }
+    if uses_uplift(champions, dataset):
+        info["uplift"] = micro.action_mix(scores)
+    if (macro_profiles := macro.profiles(scores)) is not None:
+        info["macro_segments"] = macro_profiles.to_dict(orient="records")
+    return info
 
 
 def write_quarantine(dataset: Dataset, work: Path) -> dict[str, int]:

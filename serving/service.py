@@ -84,7 +84,7 @@ from serving.api import (
     transaction_problems,
     transactions_frame,
 )
-from serving.histories import PlainBody, histories_of, plain_request
+from serving.histories import Histories, PlainBody, histories_of, plain_request
 from serving.scoring import (
     CUSTOMER_FAMILIES,
     LEAD_FAMILIES,
@@ -542,21 +542,10 @@ class ValueService:
         )
         if clashes := transaction_field_collisions(parsed, allowed=uplift_reads):
             raise BadRequestError("an attribute is named like a transaction field", clashes)
-        config = champions.models["clv"].model.dataset_config
-        # Plain purchase histories (the usual request) skip pandas: same code underneath, same numbers.
-        histories = None
-        if histories_problem(champions) is None:
-            reserved = {*config.value_maps, *TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL}
-            with_categories = "category" not in config.value_maps
-            if plain is not None:
-                histories = plain.purchases.histories(
-                    parsed, reserved, config.missing_values, with_categories=with_categories
-                )
-            else:
-                histories = histories_of(parsed, reserved, config.missing_values, with_categories=with_categories)
+        histories = _histories(parsed, plain, champions)
         if histories is None and plain is not None:  # the row checks read more than histories hold
             parsed = plain.request()
-        if histories is not None:
+        if histories is not None:  # the usual request skips pandas: same code underneath, same numbers
             category = None
             if histories.category is not None and histories.category_names is not None:
                 category = (histories.category, histories.category_names)
@@ -571,31 +560,13 @@ class ValueService:
                 category,
             )
         else:
-            read = events_read(champions)
-            if read and (absent := missing_events(parsed, read)):
-                raise BadRequestError("customers without events", absent)
-            try:
-                dataset = request_dataset(config, transactions_frame(parsed), events_frame(parsed) if read else None)
-            except InputRowsError as exc:
-                where = event_problems if exc.table == "events" else transaction_problems
-                raise BadRequestError(f"some {exc.table} cannot be used", where(parsed, exc.problems)) from exc
-            ids = [str(c.customer_id) for c in parsed.customers]
-            scored = score_customers(champions, dataset, as_of, ids, attributes=customer_attributes(parsed))
-            columns = {c: scored[c].to_numpy() for c in scored.columns}
+            columns = _scored_rows(parsed, champions, as_of)
         names = [c for c in OUTPUT_COLUMNS if c in columns]
         if champions.has(UPLIFT_FAMILIES):  # and the uplift columns of the same customers
             given = _attributes(parsed)
             columns = _uplift_or_422(champions, parsed, lambda: micro.score_with_customers(champions, columns, given))
             names += micro.response_columns(micro.uplift_model(champions))
-        records = column_records(columns, names)
-        for key, prefix in (
-            ("purchase_probability_by_category", "purchase_probability_"),
-            ("event_probability_by_event", "event_probability_"),
-        ):
-            per_event = column_records(columns, [c for c in columns if c.startswith(prefix)])
-            for record, values in zip(records, per_event, strict=True):
-                if values or prefix == "purchase_probability_":
-                    record[key] = {name.removeprefix(prefix): value for name, value in values.items()}
+        records = _customer_records(columns, names)
         return JSONResponse(
             {
                 "dataset": champions.dataset,
@@ -688,6 +659,51 @@ class ValueService:
 
 def _attributes(parsed: ScoreRequest) -> list[dict[str, Any]]:
     return [dict(c.attributes) for c in parsed.customers]
+
+
+def _histories(parsed: ScoreRequest, plain: PlainBody | None, champions: Champions) -> Histories | None:
+    """The request's purchase histories as arrays, or None where the champions need the row checks
+    (pandas): a model that reads more than histories hold, or a request with more in it."""
+    if histories_problem(champions) is not None:
+        return None
+    config = champions.models["clv"].model.dataset_config
+    read = ({*config.value_maps, *TRANSACTION_REQUIRED, *TRANSACTION_OPTIONAL}, config.missing_values)
+    with_categories = "category" not in config.value_maps
+    if plain is not None:
+        return plain.purchases.histories(parsed, *read, with_categories=with_categories)
+    return histories_of(parsed, *read, with_categories=with_categories)
+
+
+def _scored_rows(parsed: ScoreRequest, champions: Champions, as_of: pd.Timestamp) -> dict[str, Any]:
+    """The request's customers scored through the row checks, as batch scoring does; a row they
+    refuse is a 422 naming it."""
+    config = champions.models["clv"].model.dataset_config
+    read = events_read(champions)
+    if read and (absent := missing_events(parsed, read)):
+        raise BadRequestError("customers without events", absent)
+    try:
+        dataset = request_dataset(config, transactions_frame(parsed), events_frame(parsed) if read else None)
+    except InputRowsError as exc:
+        where = event_problems if exc.table == "events" else transaction_problems
+        raise BadRequestError(f"some {exc.table} cannot be used", where(parsed, exc.problems)) from exc
+    ids = [str(c.customer_id) for c in parsed.customers]
+    scored = score_customers(champions, dataset, as_of, ids, attributes=customer_attributes(parsed))
+    return {c: scored[c].to_numpy() for c in scored.columns}
+
+
+def _customer_records(columns: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """One answer per customer: the ``names`` columns, and the per-category purchase probabilities
+    (and per-event ones, where the models predict events) as objects."""
+    records = column_records(columns, names)
+    for key, prefix in (
+        ("purchase_probability_by_category", "purchase_probability_"),
+        ("event_probability_by_event", "event_probability_"),
+    ):
+        per_event = column_records(columns, [c for c in columns if c.startswith(prefix)])
+        for record, values in zip(records, per_event, strict=True):
+            if values or prefix == "purchase_probability_":
+                record[key] = {name.removeprefix(prefix): value for name, value in values.items()}
+    return records
 
 
 def _uplift_or_422(champions: Champions, parsed: ScoreRequest, work: Callable[[], Any]) -> Any:
