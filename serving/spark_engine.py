@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,43 @@ def write_parquet(scored: Any, path: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _rows_for_spark(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
+    """The checked transactions as Spark takes them: text ids, plain objects for text and categories
+    (missing as None), and each row's bucket."""
+    tx = frame[[c for c in frame.columns if c != "_row"]]
+    tx = tx.assign(customer_id=tx["customer_id"].astype(str))
+    for column in tx.columns:
+        if isinstance(tx[column].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(tx[column].dtype):
+            tx[column] = tx[column].astype(object).where(tx[column].notna(), None)
+    tx["bucket"] = bucket_of(tx["customer_id"], buckets)
+    return tx
+
+
+def _bucket_scorer(
+    champions: Champions, dataset: Dataset, as_of: pd.Timestamp, customers: pd.DataFrame | None, probe: pd.DataFrame
+) -> Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]:
+    """What each Spark worker runs on one bucket: its transactions back in the local engine's types,
+    scored by the same :func:`score_customers`, in ``probe``'s columns (text as Arrow strings)."""
+    assert dataset.transactions is not None
+    config, dtypes, columns_out = dataset.config, dataset.transactions.frame.dtypes, list(probe.columns)
+
+    def score_bucket(rows: pd.DataFrame, who: pd.DataFrame) -> pd.DataFrame:
+        if who.empty:
+            return pd.DataFrame({c: pd.Series([], dtype=probe[c].dtype) for c in columns_out})
+        rows = rows.drop(columns=["bucket"])
+        rows["timestamp"] = pd.to_datetime(rows["timestamp"]).astype("datetime64[ns]")
+        rows["amount"] = rows["amount"].astype("float64")
+        rows["customer_id"] = rows["customer_id"].astype("string")
+        for column in rows.columns:
+            if column in dtypes and pd.api.types.is_float_dtype(dtypes[column]):
+                rows[column] = rows[column].astype("float64")
+        part = Dataset(config, transactions=Checked(rows.reset_index(drop=True), pd.DataFrame()))
+        scored = score_customers(champions, part, as_of, who["customer_id"].astype(str).tolist(), attributes=customers)
+        return scored[columns_out].astype({c: "string" for c in columns_out if probe[c].dtype == object})
+
+    return score_bucket
+
+
 def score_dataset(
     champions: Champions,
     dataset: Dataset,
@@ -105,38 +143,13 @@ def score_dataset(
         )
     spark = spark or session()
     buckets = buckets or max(2, 2 * spark.sparkContext.defaultParallelism)
-    tx = dataset.transactions.frame
-    columns = [c for c in tx.columns if c != "_row"]
-    tx = tx[columns].assign(customer_id=tx["customer_id"].astype(str))
-    for column in tx.columns:
-        if isinstance(tx[column].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(tx[column].dtype):
-            tx[column] = tx[column].astype(object).where(tx[column].notna(), None)
-    tx["bucket"] = bucket_of(tx["customer_id"], buckets)
+    tx = _rows_for_spark(dataset.transactions.frame, buckets)
     wanted = pd.DataFrame({"customer_id": ids})
     wanted["bucket"] = bucket_of(wanted["customer_id"], buckets)
-
     # the output's columns and types, from the same function on one customer
-    probe_ids = ids[:1]
-    probe = score_customers(champions, dataset, as_of, probe_ids, attributes=customers)
+    probe = score_customers(champions, dataset, as_of, ids[:1], attributes=customers)
     schema = _schema(probe.astype({c: "string" for c in probe.columns if probe[c].dtype == object}))
-    columns_out = list(probe.columns)
-    config = dataset.config
-    dtypes = dataset.transactions.frame.dtypes
-
-    def score_bucket(rows: pd.DataFrame, who: pd.DataFrame) -> pd.DataFrame:
-        if who.empty:
-            return pd.DataFrame({c: pd.Series([], dtype=probe[c].dtype) for c in columns_out})
-        rows = rows.drop(columns=["bucket"])
-        rows["timestamp"] = pd.to_datetime(rows["timestamp"]).astype("datetime64[ns]")
-        rows["amount"] = rows["amount"].astype("float64")
-        rows["customer_id"] = rows["customer_id"].astype("string")
-        for column in rows.columns:
-            if column in dtypes and pd.api.types.is_float_dtype(dtypes[column]):
-                rows[column] = rows[column].astype("float64")
-        part = Dataset(config, transactions=Checked(rows.reset_index(drop=True), pd.DataFrame()))
-        scored = score_customers(champions, part, as_of, who["customer_id"].astype(str).tolist(), attributes=customers)
-        return scored[columns_out].astype({c: "string" for c in columns_out if probe[c].dtype == object})
-
+    score_bucket = _bucket_scorer(champions, dataset, as_of, customers, probe)
     spark_tx = spark.createDataFrame(tx)
     spark_ids = spark.createDataFrame(wanted)
     scored = spark_tx.groupBy("bucket").cogroup(spark_ids.groupBy("bucket")).applyInPandas(score_bucket, schema=schema)
@@ -145,6 +158,7 @@ def score_dataset(
         result = pd.read_parquet(out_parquet)
     else:
         result = scored.toPandas()
+    columns_out = list(probe.columns)
     for column in columns_out:
         if probe[column].dtype == object:
             result[column] = result[column].astype(object).where(result[column].notna(), None)
