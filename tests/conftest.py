@@ -150,7 +150,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(command: list[str], env: dict[str, str], ready_url: str, timeout: float = 120) -> Iterator[None]:
-    """Start a server process (its own process group), wait until ``ready_url`` answers 200, stop it after.
+    """Start a server process (its own process group), wait until ``ready_url`` answers 200 ten times
+    in a row, stop it after. In a row: each worker of a multi-worker server loads the models on its
+    own, and one ready worker answering does not make the other ready (found as a 503 from /readyz
+    right after the wait, in one full run).
 
     Its output goes to a file, not a pipe: a pipe nobody reads fills up with the access log (64 KiB)
     and the server then blocks on its next log line (found as a load test that hung after 44 answers)."""
@@ -165,17 +168,19 @@ def running_server(command: list[str], env: dict[str, str], ready_url: str, time
             command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            deadline = time.time() + timeout
+            deadline, in_a_row = time.time() + timeout, 0
             while time.time() < deadline:
                 if process.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(f"{command[0]} exited: {log.read().decode(errors='replace')[-5000:]}")
                 try:
-                    if httpx.get(ready_url, timeout=2).status_code == 200:
-                        break
+                    answered = httpx.get(ready_url, timeout=2).status_code == 200
                 except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+                    answered = False
+                in_a_row = in_a_row + 1 if answered else 0
+                if in_a_row >= 10:
+                    break
+                time.sleep(0.05 if answered else 0.5)
             else:
                 raise RuntimeError(f"{ready_url} did not answer within {timeout:.0f} s")
             yield
