@@ -108,7 +108,7 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, int | float):
         return _finite_in_range(value) if isinstance(value, float) else _integer(value)
     if isinstance(value, str):
-        return _text(value)
+        return text_within_limits(value)
     raise ValueError("must be text, a number, true/false or null")
 
 
@@ -118,7 +118,8 @@ def _integer(value: int) -> int:
     return value
 
 
-def _text(value: str) -> str:
+def text_within_limits(value: str) -> str:
+    """The value, if within the text length limit and valid Unicode; else ValueError saying which."""
     if len(value) > MAX_TEXT:
         raise ValueError(f"text longer than {MAX_TEXT:,} characters")
     return _utf8(value)
@@ -130,7 +131,7 @@ def _key(value: Any) -> str:
         return str(_integer(value))
     if not isinstance(value, str):
         raise ValueError("must be text or an integer")
-    text = _text(value).strip()
+    text = text_within_limits(value).strip()
     if not text:
         raise ValueError("must not be empty")
     return text
@@ -139,7 +140,7 @@ def _key(value: Any) -> str:
 _NUMBER_SCHEMA = {"type": "number", "minimum": -MAX_ABS_NUMBER, "maximum": MAX_ABS_NUMBER}
 _TEXT_SCHEMA = {"type": "string", "maxLength": MAX_TEXT}
 Number = Annotated[float, Strict(), AfterValidator(_finite_in_range), WithJsonSchema(_NUMBER_SCHEMA)]
-Text = Annotated[str, Strict(), AfterValidator(_text), WithJsonSchema(_TEXT_SCHEMA)]
+Text = Annotated[str, Strict(), AfterValidator(text_within_limits), WithJsonSchema(_TEXT_SCHEMA)]
 Key = Annotated[
     str,
     PlainValidator(_key),

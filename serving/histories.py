@@ -27,10 +27,10 @@ from serving.api import (
     EARLIEST,
     LATEST,
     MAX_ABS_NUMBER,
-    MAX_TEXT,
     MAX_TRANSACTIONS,
     OPTIONAL_TRANSACTION_FIELDS,
     ScoreRequest,
+    text_within_limits,
 )
 
 PLAIN_FIELDS = {"timestamp", "amount"}
@@ -222,11 +222,12 @@ def numbers(values: list[Any]) -> np.ndarray | None:
 
 
 def plain_text(value: Any) -> bool:
-    """A category the full validation takes as it is: text within the length limit, valid Unicode."""
-    if type(value) is not str or len(value) > MAX_TEXT:
+    """A category the full validation takes as it is: text that passes the API's own text check
+    (:func:`serving.api.text_within_limits`: the length limit, valid Unicode)."""
+    if type(value) is not str:
         return False
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+        text_within_limits(value)
+    except ValueError:
         return False
     return True
