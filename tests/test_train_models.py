@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -20,9 +21,29 @@ from .conftest import load_real
 
 
 @pytest.fixture(scope="module")
-def cdnow_clv() -> tuple[Dataset, object]:
+def cdnow_clv_and_warnings() -> tuple[Dataset, object, list[warnings.WarningMessage]]:
     dataset = load_real("cdnow")
-    return dataset, clv.train(dataset, load_model_config("clv", "cdnow"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained = clv.train(dataset, load_model_config("clv", "cdnow"))
+    return dataset, trained, caught
+
+
+@pytest.fixture(scope="module")
+def cdnow_clv(cdnow_clv_and_warnings) -> tuple[Dataset, object]:  # type: ignore[no-untyped-def]
+    dataset, trained, _ = cdnow_clv_and_warnings
+    return dataset, trained
+
+
+@pytest.mark.real_data
+def test_cdnow_clv_candidates_converge(cdnow_clv_and_warnings) -> None:  # type: ignore[no-untyped-def]
+    """Every candidate is compared as a finished fit: the Poisson GLM with L-BFGS stopped at its
+    1,000-iteration limit on CDNOW (scikit-learn's ConvergenceWarning) until its solver became
+    Newton-Cholesky (few features, many rows)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    *_, caught = cdnow_clv_and_warnings
+    assert not [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
 
 
 @pytest.mark.real_data

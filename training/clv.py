@@ -167,7 +167,10 @@ class CLVModel(CustomerModel):
 def poisson_glm(seed: int) -> Any:
     """A regularised Poisson regression (log link: spend is non-negative and skewed) on log1p-transformed,
     imputed and standardised features, each clipped to its training range first: a log link
-    extrapolates exponentially, so a customer beyond anything seen in training would overflow."""
+    extrapolates exponentially, so a customer beyond anything seen in training would overflow.
+    Newton-Cholesky, not L-BFGS: with a few dozen features and many rows it converges in a few steps;
+    L-BFGS stopped at 1,000 iterations on CDNOW (the family trained in 49 s, now 18 s; validation
+    Gini 0.6245 unconverged, 0.6244 converged)."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import PoissonRegressor
     from sklearn.pipeline import make_pipeline
@@ -178,7 +181,7 @@ def poisson_glm(seed: int) -> Any:
         SkewedLog1p(),
         SimpleImputer(strategy="median", keep_empty_features=True),
         StandardScaler(),
-        PoissonRegressor(alpha=1e-3, max_iter=1000),
+        PoissonRegressor(alpha=1e-3, solver="newton-cholesky", max_iter=1000),
     )
 
 
