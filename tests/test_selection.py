@@ -286,3 +286,34 @@ def test_bgnbd_baselines_rank_in_the_direction_of_their_outcome() -> None:
                 assert score[0] < score[1], name
             else:
                 assert score[0] > score[1], name
+
+
+@pytest.mark.parametrize("transform", [True, False])
+def test_logistic_regression_scores_equal_predict_proba(transform: bool) -> None:
+    """The API's shortcut through the logistic-regression candidates' pipeline (no scikit-learn input
+    checks) gives predict_proba's floats exactly: skewed money columns, missing values (imputed with
+    the training medians), a column missing in every training row, one row and many; an infinity is
+    left to scikit-learn, which refuses it as before."""
+    from training.candidates import logistic_regression
+    from training.common import linear_probability, positive_probability
+
+    rng = np.random.default_rng(3)
+    x = np.column_stack(
+        [rng.gamma(0.5, 300.0, 600), rng.poisson(3.0, 600), rng.normal(0, 1, 600), np.full(600, np.nan)]
+    )
+    x[rng.random(600) < 0.1, 1] = np.nan
+    y = (x[:, 0] / 300 + rng.normal(0, 1, 600) > 0.5).astype(int)
+    pipeline = logistic_regression(0, transform=transform).fit(x, y)
+    rows = np.column_stack([rng.gamma(0.5, 300.0, 200), rng.poisson(3.0, 200), rng.normal(0, 1, 200), np.zeros(200)])
+    rows[::7, 0] = np.nan
+    rows[::5, 3] = np.nan
+    for part in (rows, rows[:1], rows[7:8]):
+        shortcut = linear_probability(pipeline, part)
+        assert shortcut is not None  # the shortcut was taken, not the fallback
+        np.testing.assert_array_equal(shortcut, pipeline.predict_proba(part)[:, 1])
+        np.testing.assert_array_equal(positive_probability(pipeline, part), pipeline.predict_proba(part)[:, 1])
+    infinite = rows[:3].copy()
+    infinite[1, 2] = np.inf
+    assert linear_probability(pipeline, infinite) is None
+    with pytest.raises(ValueError, match="infinity"):
+        positive_probability(pipeline, infinite)

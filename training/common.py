@@ -160,7 +160,59 @@ def positive_probability(classifier: Any, x: np.ndarray) -> np.ndarray:
         if booster.objective == "binary:logistic" and getattr(booster, "best_iteration", None) is None:
             raw = booster.get_booster().inplace_predict(x)
             return np.asarray(_calibrate(calibrated[0].calibrators[0], raw), dtype=np.float64)
+    if (linear := linear_probability(classifier, x)) is not None:
+        return linear
     return np.asarray(classifier.predict_proba(x)[:, 1], dtype=np.float64)
+
+
+def linear_probability(pipeline: Any, x: np.ndarray) -> np.ndarray | None:
+    """``predict_proba(x)[:, 1]`` of the logistic-regression candidates' pipeline (``SkewedLog1p``
+    optional, median ``SimpleImputer``, ``StandardScaler``, binary ``LogisticRegression[CV]``), step by
+    step as scikit-learn computes it (same operations in the same order, so the same floats) but
+    without its input checks, which cost ~0.8 ms per call while the arithmetic for one customer
+    costs microseconds. None for any other estimator, or when ``x`` holds an infinity (scikit-learn's
+    checks then answer as before); a test holds the two equal on fitted pipelines.
+    """
+    from scipy.special import expit
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from training.candidates import SkewedLog1p
+
+    if type(pipeline) is not Pipeline or not isinstance(x, np.ndarray) or x.dtype != np.float64 or x.ndim != 2:
+        return None
+    steps = [step for _, step in pipeline.steps]
+    skewed = steps.pop(0) if steps and type(steps[0]) is SkewedLog1p else None
+    if len(steps) != 3:
+        return None
+    imputer, scaler, model = steps
+    if not (
+        type(imputer) is SimpleImputer
+        and isinstance(imputer.missing_values, float)
+        and np.isnan(imputer.missing_values)
+        and not imputer.add_indicator
+        and imputer.keep_empty_features
+        and type(scaler) is StandardScaler
+        and scaler.with_mean
+        and scaler.with_std
+        and isinstance(model, LogisticRegression)
+        and len(model.classes_) == 2
+        and model.coef_.shape == (1, x.shape[1])
+        and imputer.statistics_.dtype == np.float64
+    ):
+        return None
+    if np.isinf(x).any():
+        return None
+    values = skewed.transform(x) if skewed is not None else np.array(x, copy=True)
+    missing = np.isnan(values)
+    if missing.any():
+        values[missing] = np.broadcast_to(imputer.statistics_, values.shape)[missing]
+    values -= scaler.mean_
+    values /= scaler.scale_
+    scores = (values @ model.coef_.T + model.intercept_).reshape(-1)
+    return np.asarray(expit(scores, out=scores), dtype=np.float64)
 
 
 def _calibrate(calibrator: Any, raw: np.ndarray) -> np.ndarray:
