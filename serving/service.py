@@ -63,6 +63,7 @@ from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQU
 from serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
+    FastJSONResponse,
     LeadRequest,
     LeadResponse,
     ModelsResponse,
@@ -567,7 +568,7 @@ class ValueService:
             columns = _uplift_or_422(champions, parsed, lambda: micro.score_with_customers(champions, columns, given))
             names += micro.response_columns(micro.uplift_model(champions))
         records = _customer_records(columns, names)
-        return JSONResponse(
+        return FastJSONResponse(
             {
                 "dataset": champions.dataset,
                 "as_of": as_of.strftime("%Y-%m-%d"),
@@ -596,7 +597,7 @@ class ValueService:
             champions, parsed, lambda: micro.score_attributes(champions, ids, _attributes(parsed), as_of)
         )
         names = ["customer_id", *micro.response_columns(micro.uplift_model(champions)), *micro.SUPPRESSION_OUTPUT]
-        return JSONResponse(
+        return FastJSONResponse(
             {
                 "dataset": champions.dataset,
                 "as_of": as_of.strftime("%Y-%m-%d"),
@@ -654,7 +655,7 @@ class ValueService:
         for record in records:
             record["reasons_up"] = [r for r in str(record.pop("reasons_up") or "").split("; ") if r]
             record["reasons_down"] = [r for r in str(record.pop("reasons_down") or "").split("; ") if r]
-        return JSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
+        return FastJSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
 
 
 def _attributes(parsed: ScoreRequest) -> list[dict[str, Any]]:
