@@ -315,5 +315,6 @@ def test_logistic_regression_scores_equal_predict_proba(transform: bool) -> None
     infinite = rows[:3].copy()
     infinite[1, 2] = np.inf
     assert linear_probability(pipeline, infinite) is None
+    assert linear_probability(pipeline, rows[:0]) is None
     with pytest.raises(ValueError, match="infinity"):
         positive_probability(pipeline, infinite)

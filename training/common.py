@@ -170,8 +170,8 @@ def linear_probability(pipeline: Any, x: np.ndarray) -> np.ndarray | None:
     optional, median ``SimpleImputer``, ``StandardScaler``, binary ``LogisticRegression[CV]``), step by
     step as scikit-learn computes it (same operations in the same order, so the same floats) but
     without its input checks, which cost ~0.8 ms per call while the arithmetic for one customer
-    costs microseconds. None for any other estimator, or when ``x`` holds an infinity (scikit-learn's
-    checks then answer as before); a test holds the two equal on fitted pipelines.
+    costs microseconds. None for any other estimator, or when ``x`` is empty or holds an infinity
+    (scikit-learn's checks then answer as before); a test holds the two equal on fitted pipelines.
     """
     from scipy.special import expit
     from sklearn.impute import SimpleImputer
@@ -182,6 +182,8 @@ def linear_probability(pipeline: Any, x: np.ndarray) -> np.ndarray | None:
     from training.candidates import SkewedLog1p
 
     if type(pipeline) is not Pipeline or not isinstance(x, np.ndarray) or x.dtype != np.float64 or x.ndim != 2:
+        return None
+    if len(x) == 0:  # scikit-learn refuses an empty matrix: keep its answer
         return None
     steps = [step for _, step in pipeline.steps]
     skewed = steps.pop(0) if steps and type(steps[0]) is SkewedLog1p else None
