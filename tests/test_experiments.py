@@ -274,7 +274,9 @@ def test_an_interrupted_sweep_keeps_its_finished_trials(tmp_path: Path) -> None:
         "VALUECAST_ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri(),
     }
     process = subprocess.Popen(
-        [VALUECAST, "experiment", "--config", str(write(tmp_path, SWEEP)), "--trials", "30"],
+        # far more trials than can finish before the interruption: with 30 small trials the sweep
+        # once finished them all (~15 s) before this loop saw two of them, and exited 0
+        [VALUECAST, "experiment", "--config", str(write(tmp_path, SWEEP)), "--trials", "1000"],
         env=env,
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
@@ -293,6 +295,7 @@ def test_an_interrupted_sweep_keeps_its_finished_trials(tmp_path: Path) -> None:
             if len(finished) >= 2:
                 break
     assert len(finished) >= 2, "no trial finished in time"
+    assert process.poll() is None, "the sweep ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
