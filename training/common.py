@@ -150,9 +150,11 @@ def booster_of(classifier: Any) -> Any:
 def positive_probability(classifier: Any, x: np.ndarray) -> np.ndarray:
     """``classifier.predict_proba(x)[:, 1]`` as float64, computed without scikit-learn's input checks.
 
-    For one customer those checks cost several times the prediction itself. With one calibrated
-    classifier (``ensemble=False``) scikit-learn's result is the calibrator applied to the booster's
-    probability; that is computed here directly, and a test holds it equal to ``predict_proba``.
+    For one customer those checks cost several times the prediction itself. Two shapes are computed
+    here directly, each held equal to ``predict_proba`` by a test: one calibrated classifier
+    (``ensemble=False``), whose result is the calibrator applied to the booster's probability; and the
+    logistic-regression candidates' pipeline (:func:`linear_probability`). Anything else goes to
+    ``predict_proba``.
     """
     calibrated = getattr(classifier, "calibrated_classifiers_", None)
     if calibrated is not None and len(calibrated) == 1 and len(calibrated[0].calibrators) == 1:
