@@ -15,14 +15,18 @@ search with Optuna's seeded TPE sampler:
   moves ``champion``; a person does, with ``make promote``.
 
 An interrupted search keeps its finished trials (each is a finished run); the parent run then holds
-the best trial so far, is marked KILLED, and nothing is registered.
+the best trial so far, is marked KILLED, and nothing is registered. Ctrl-C lets the trial under way
+finish first; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,19 +287,62 @@ def _optimize(
     study: optuna.Study, trial_runs: _TrialRuns, n_trials: int
 ) -> tuple[list[optuna.trial.FrozenTrial], bool]:
     """Run the trials: the finished ones, and whether Ctrl-C stopped the search. With none finished the
-    parent run is marked KILLED and the interrupt goes on."""
+    parent run is marked KILLED and the interrupt goes on.
+
+    The first Ctrl-C lets the trial under way finish and then stops (Optuna's ``study.stop``): a
+    KeyboardInterrupt raised while xgboost is inside one of its native callbacks can abort the process
+    ("double free or corruption"), which would lose the parent run's record. A second Ctrl-C stops at once.
+    """
     import optuna
 
+    stop = _StopRequest(trial_runs.echo)
     interrupted = False
     try:
-        study.optimize(trial_runs.objective, n_trials=n_trials)
+        with stop.on_sigint():
+            study.optimize(trial_runs.objective, n_trials=n_trials, callbacks=[stop.callback])
     except KeyboardInterrupt:
         interrupted = True
+    interrupted = interrupted or stop.requested
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not finished:
         tracking.end_active_run("KILLED")
         raise KeyboardInterrupt
     return finished, interrupted
+
+
+class _StopRequest:
+    """Ctrl-C during a search: the first asks for a stop after the trial under way, the second raises
+    KeyboardInterrupt as usual. Only in the main thread, and not where SIGINT is ignored (a job started
+    in the background with ``&`` or under ``nohup``): there the search runs on, as it would have."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.requested = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.echo("  interrupt: stopping after the trial under way (Ctrl-C again to stop at once)")
+
+    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.requested:
+            study.stop()
+
+    @contextmanager
+    def on_sigint(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            yield
+            return
+        signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _log_best_trial(

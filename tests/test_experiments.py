@@ -16,7 +16,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from experiments.sweep import apply, load_experiment, run_experiment
+from experiments.sweep import _StopRequest, apply, load_experiment, run_experiment
 from features.config import PROJECT_ROOT, ConfigError
 from training.config import load_model_config
 from training.customers import time_split, validation_config
@@ -300,6 +300,7 @@ def test_an_interrupted_sweep_keeps_its_finished_trials(tmp_path: Path) -> None:
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
+    assert "stopping after the trial under way" in err
     assert "interrupted: the finished trials are kept" in out
     experiment = client.get_experiment_by_name("sweep-test")
     runs = client.search_runs([experiment.experiment_id])
@@ -309,6 +310,27 @@ def test_an_interrupted_sweep_keeps_its_finished_trials(tmp_path: Path) -> None:
     assert parent.info.status == "KILLED" and parent.data.tags["interrupted"] == "true"
     assert parent.data.metrics["val_roc_auc"] == max(r.data.metrics["val_roc_auc"] for r in kept)
     assert client.search_registered_models() == []  # nothing registered
+
+
+def test_ctrl_c_waits_for_the_trial_under_way_unless_sigint_is_ignored() -> None:
+    """The sweep's SIGINT handler is in place only while it runs, and a process that ignores SIGINT
+    (started with `&` or `nohup`) keeps ignoring it."""
+    said: list[str] = []
+    stop = _StopRequest(said.append)
+    before = signal.getsignal(signal.SIGINT)
+    with stop.on_sigint():
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        signal.raise_signal(signal.SIGINT)  # the first: a request, no exception
+        assert stop.requested and said
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _StopRequest(said.append).on_sigint():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # -- the MLflow server ------------------------------------------------------------------------------
