@@ -317,16 +317,17 @@ def test_ctrl_c_waits_for_the_trial_under_way_unless_sigint_is_ignored() -> None
     (started with `&` or `nohup`) keeps ignoring it."""
     said: list[str] = []
     stop = _StopRequest(said.append)
-    before = signal.getsignal(signal.SIGINT)
-    with stop.on_sigint():
-        assert signal.getsignal(signal.SIGINT) == stop._handle
-        signal.raise_signal(signal.SIGINT)  # the first: a request, no exception
-        assert stop.requested and said
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)  # the second: at once
-    assert signal.getsignal(signal.SIGINT) is before
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # as at a terminal, whatever this suite inherited (a background job's SIGINT is ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        with stop.on_sigint():
+            assert signal.getsignal(signal.SIGINT) == stop._handle
+            signal.raise_signal(signal.SIGINT)  # the first: a request, no exception
+            assert stop.requested and said
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)  # the second: at once
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with _StopRequest(said.append).on_sigint():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
