@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +73,6 @@ def test_lookalike_ranks_customers_outside_the_seed_and_finds_hidden_members() -
 
 
 def test_the_public_surface_is_small_documented_and_cheap_to_import() -> None:
-    import subprocess
-    import sys
-
     import valuecast
 
     assert valuecast.__all__ == ["load_dataset", "lookalike", "models", "score", "segments", "train"]
@@ -113,3 +113,21 @@ def test_score_gives_the_numbers_of_the_scoring_path_the_api_uses(champion_store
             ours[column].to_numpy(float), np.asarray(api[column], dtype=float), rtol=0, atol=1e-9
         )
     assert ours["segment"].tolist() == list(api["segment"])
+
+
+@pytest.mark.parametrize(
+    ("environment", "first", "backend"),
+    [
+        ({}, "import valuecast", "system"),  # the CLI's order: valuecast before pandas
+        ({}, "import pandas, valuecast", "system"),  # a notebook's: pyarrow loaded first
+        ({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}, "import valuecast", "jemalloc"),  # the user's choice
+    ],
+)
+def test_arrow_allocator_is_the_system_one_unless_chosen(environment: dict[str, str], first: str, backend: str) -> None:
+    """Arrow's default allocator (mimalloc) made reading 10M rows 2-3x slower on our VMs (features/__init__.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"} | environment
+    shown = "pyarrow.default_memory_pool().backend_name, os.environ['ARROW_DEFAULT_MEMORY_POOL']"
+    code = f"{first}; import os, pyarrow; print({shown})"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [backend, backend]

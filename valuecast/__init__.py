@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import features  # noqa: F401  (first: it chooses Arrow's allocator before anything loads pyarrow)
+
 if TYPE_CHECKING:
     import pandas as pd
 
