@@ -331,10 +331,8 @@ class _StopRequest:
 
     @contextmanager
     def on_sigint(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if main_thread else signal.SIG_IGN
         if previous is signal.SIG_IGN:
             yield
             return
