@@ -475,6 +475,10 @@ def score(
     cutoff = parse_date(as_of, "AS_OF")
     with user_errors():
         check_replaceable(out, force)  # before minutes of scoring, not after; run() checks again
+        if engine == "spark":
+            from serving.spark_engine import start_session_in_background
+
+            start_session_in_background()  # the JVM starts while the data is read
         dataset = _load(data, None)
         champions = _dataset_champions(dataset.config.name)
         with _progress_bars() as progress:
