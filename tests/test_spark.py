@@ -20,6 +20,23 @@ from .conftest import SERVING_AS_OF, load_real
 pytestmark = pytest.mark.slow
 
 
+def assert_same_table(theirs: pd.DataFrame, ours: pd.DataFrame, what: str) -> None:
+    """The same columns and rows: numbers within 1e-9 (an engine's number can differ in the last bit:
+    BLAS rounds a row's product by the rows batched with it, and the engines batch customers
+    differently), everything else the same text and the same missing values (an all-missing text
+    column is Parquet's null type from pandas, a string column from Spark)."""
+    assert list(theirs.columns) == list(ours.columns) and len(theirs) == len(ours), what
+    for column in ours.columns:
+        where = f"{what}: {column}"
+        if pd.api.types.is_float_dtype(ours[column].dtype):
+            np.testing.assert_allclose(
+                theirs[column].to_numpy(float), ours[column].to_numpy(float), rtol=0, atol=1e-9, err_msg=where
+            )
+        else:
+            assert theirs[column].isna().tolist() == ours[column].isna().tolist(), where
+            assert theirs[column].dropna().astype(str).tolist() == ours[column].dropna().astype(str).tolist(), where
+
+
 @pytest.fixture(scope="module")
 def spark():  # type: ignore[no-untyped-def]
     session = spark_engine.session("local[2]")
@@ -36,14 +53,7 @@ def test_spark_scores_every_cdnow_customer_like_the_local_engine(champion_store:
         champions, dataset, as_of, batch.customer_ids(dataset, as_of), None, spark=spark, buckets=8
     )
     assert len(local) == len(distributed) == 23_570
-    assert list(local.columns) == list(distributed.columns)
-    for column in local.columns:
-        ours, theirs = local[column], distributed[column]
-        if pd.api.types.is_float_dtype(ours.dtype):
-            np.testing.assert_allclose(theirs.to_numpy(float), ours.to_numpy(float), rtol=0, atol=1e-9, err_msg=column)
-        else:
-            assert ours.isna().tolist() == theirs.isna().tolist(), column
-            assert ours[ours.notna()].astype(str).tolist() == theirs[theirs.notna()].astype(str).tolist(), column
+    assert_same_table(distributed, local, "scores")
 
 
 def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
@@ -60,23 +70,11 @@ def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
     written = pq.read_metadata(tmp_path / "spark" / "scores.parquet").metadata
     assert b"org.apache.spark.version" in written
     theirs, ours = (pd.read_parquet(tmp_path / e / "scores.parquet") for e in ("spark", "local"))
-    assert list(theirs.columns) == list(ours.columns) and len(theirs) == len(ours) == 2_357
-    for column in ours.columns:
-        if pd.api.types.is_float_dtype(ours[column].dtype):
-            np.testing.assert_allclose(theirs[column], ours[column], rtol=0, atol=1e-9, err_msg=column)
-        else:  # an all-missing text column is Parquet's null type from pandas, a string column from Spark
-            assert theirs[column].isna().tolist() == ours[column].isna().tolist(), column
-            assert theirs[column].dropna().astype(str).tolist() == ours[column].dropna().astype(str).tolist(), column
-    # numbers may differ in the last bit: BLAS gives a row's product another rounding when the rows
-    # around it differ (the engines batch customers differently); the same within 1e-9, text identical
+    assert len(ours) == 2_357
+    assert_same_table(theirs, ours, "scores.parquet")
     for name in ("scores.csv", "lists/protect.csv", "lists/maintain.csv"):
         theirs, ours = (pd.read_csv(tmp_path / e / name, dtype={"customer_id": str}) for e in ("spark", "local"))
-        assert list(theirs.columns) == list(ours.columns) and len(theirs) == len(ours), name
-        for column in ours.columns:
-            if pd.api.types.is_float_dtype(ours[column].dtype):
-                np.testing.assert_allclose(theirs[column], ours[column], rtol=0, atol=1e-9, err_msg=f"{name}: {column}")
-            else:
-                assert theirs[column].astype(str).tolist() == ours[column].astype(str).tolist(), f"{name}: {column}"
+        assert_same_table(theirs, ours, name)
     summaries = [json.loads((tmp_path / e / "summary.json").read_text()) for e in ("spark", "local")]
     assert [s.pop("engine") for s in summaries] == ["spark", "local"] and summaries[0] == summaries[1]
     assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == sorted(
