@@ -312,9 +312,34 @@ def test_logistic_regression_scores_equal_predict_proba(transform: bool) -> None
         assert shortcut is not None  # the shortcut was taken, not the fallback
         np.testing.assert_array_equal(shortcut, pipeline.predict_proba(part)[:, 1])
         np.testing.assert_array_equal(positive_probability(pipeline, part), pipeline.predict_proba(part)[:, 1])
+        np.testing.assert_array_equal(linear_probability(pipeline, np.asfortranarray(part)), shortcut)
     infinite = rows[:3].copy()
     infinite[1, 2] = np.inf
     assert linear_probability(pipeline, infinite) is None
     assert linear_probability(pipeline, rows[:0]) is None
     with pytest.raises(ValueError, match="infinity"):
         positive_probability(pipeline, infinite)
+
+
+def test_regression_values_equal_predict() -> None:
+    """CLV's regressors are scored through the booster's ``inplace_predict`` where that is what
+    ``XGBRegressor.predict`` does (no early stopping): the same floats, one row and many, missing
+    values included; an early-stopped regressor and any other model go through ``predict``."""
+    from sklearn.linear_model import PoissonRegressor
+    from xgboost import XGBRegressor
+
+    from training.common import regression_values
+
+    rng = np.random.default_rng(5)
+    x = rng.gamma(1.0, 50.0, (800, 5))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = np.nan_to_num(x[:, 0]) * 0.3 + rng.gamma(1.0, 10.0, 800)
+    plain = XGBRegressor(n_estimators=40, max_depth=3, objective="reg:tweedie", n_jobs=1).fit(x, y)
+    stopped = XGBRegressor(n_estimators=200, max_depth=3, early_stopping_rounds=5, n_jobs=1)
+    stopped.fit(x[:600], y[:600], eval_set=[(x[600:], y[600:])], verbose=False)
+    assert stopped.best_iteration < 199  # early stopping took effect: predict uses fewer trees
+    glm = PoissonRegressor().fit(np.nan_to_num(x), y)
+    for part in (x, x[:1], x[3:4]):
+        np.testing.assert_array_equal(regression_values(plain, part), plain.predict(part))
+        np.testing.assert_array_equal(regression_values(stopped, part), stopped.predict(part))
+        np.testing.assert_array_equal(regression_values(glm, np.nan_to_num(part)), glm.predict(np.nan_to_num(part)))

@@ -293,10 +293,14 @@ def test_positive_probability_equals_predict_proba(champion_store: dict[str, str
     fitted = [*model.classifiers.values(), *champions.models["propensity"].model.classifiers.values()]
     estimators = [f for one in fitted for f in (one.parts or [one]) if hasattr(f.estimator, "predict_proba")]
     for one in estimators:  # whatever won: calibrated xgboost, a logistic regression pipeline, a blend's parts
-        x = feature_matrix(features, one.columns)
+        x = np.ascontiguousarray(feature_matrix(features, one.columns))  # row-major, as positive_probability computes
         classifier = one.estimator
         np.testing.assert_array_equal(positive_probability(classifier, x), classifier.predict_proba(x)[:, 1])
         np.testing.assert_array_equal(positive_probability(classifier, x[:1]), classifier.predict_proba(x[:1])[:, 1])
+        # a DataFrame's matrix is column-major: the same scores as its rows (batch and API agree)
+        np.testing.assert_array_equal(
+            positive_probability(classifier, np.asfortranarray(x)), positive_probability(classifier, x)
+        )
 
 
 def test_new_customers_unknown_categories_and_suppression(server: str) -> None:
