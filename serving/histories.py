@@ -41,6 +41,12 @@ MICROSECOND = timedelta(microseconds=1)
 # lengths they come in: a day, minutes, seconds, seconds with 1-6 decimals.
 ISO_TEMPLATE = "dddd-dd-ddTdd:dd:dd.dddddd"
 ISO_LENGTHS = (10, 16, 19, 21, 22, 23, 24, 25, 26)
+# The template per position, for checking every character of every stamp at once: digits, the
+# date-time separator ("T" or a blank), and the literal characters.
+_ISO_CODES = np.array([ord(kind) for kind in ISO_TEMPLATE], dtype=np.uint32)
+_ISO_DIGIT = np.array([kind == "d" for kind in ISO_TEMPLATE])
+_ISO_SEPARATOR = np.array([kind == "T" for kind in ISO_TEMPLATE])
+_ISO_LENGTH_OK = np.isin(np.arange(len(ISO_TEMPLATE) + 1), ISO_LENGTHS)
 
 
 @dataclass
@@ -186,17 +192,14 @@ def iso_times(stamps: list[Any]) -> np.ndarray | None:
     if width > len(ISO_TEMPLATE) or int(lengths.sum()) != sum(map(len, stamps)):
         return None
     chars = text.view(np.uint32).reshape(len(stamps), width)
-    good = np.isin(lengths, ISO_LENGTHS)
-    for position, kind in enumerate(ISO_TEMPLATE[:width]):
-        c = chars[:, position]
-        if kind == "d":
-            fits = (c >= ord("0")) & (c <= ord("9"))
-        elif kind == "T":
-            fits = (c == ord("T")) | (c == ord(" "))
-        else:
-            fits = c == ord(kind)
-        good &= fits | (lengths <= position)
-    if not good.all():
+    digit, separator = _ISO_DIGIT[:width], _ISO_SEPARATOR[:width]
+    fits = np.where(
+        digit,
+        (chars >= ord("0")) & (chars <= ord("9")),
+        np.where(separator, (chars == ord("T")) | (chars == ord(" ")), chars == _ISO_CODES[:width]),
+    )
+    past_the_end = lengths[:, None] <= np.arange(width)
+    if not (_ISO_LENGTH_OK[lengths].all() and (fits | past_the_end).all()):
         return None
     try:  # numpy refuses what is no moment (1998-02-30, 24:00, a 60th second)
         values = np.array(stamps, dtype="datetime64[us]")  # from the list: 5x faster than from ``text``

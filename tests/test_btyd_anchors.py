@@ -6,12 +6,21 @@ Fader & Hardie (2013), Gamma-Gamma on its 946 repeat customers.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import hyp2f1
 
 from features.transactions import compute_transaction_features
 from tests.conftest import load_real
-from training.btyd import bgnbd_log_likelihood, compress, fit_btyd
+from training.btyd import (
+    bgnbd_log_likelihood,
+    compress,
+    expected_orders_up_to,
+    fit_btyd,
+    predict_btyd,
+    probability_alive,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +59,41 @@ def test_bgnbd_expectations(fitted) -> None:  # type: ignore[no-untyped-def]
     assert bgnbd.probability_of_n_purchases_up_to_time(39, 0) == pytest.approx(0.5738, rel=0.005)
     conditional = bgnbd.conditional_expected_number_of_purchases_up_to_time(39, 2, 30.43, 38.86)
     assert conditional == pytest.approx(1.226, rel=0.005)
+
+
+def test_bgnbd_formulas_equal_lifetimes(fitted, calibration: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    """Scoring computes lifetimes' two conditional formulas itself (no per-call Series reads and
+    autograd wrappers): the same floats as lifetimes, to the last bit, on the paper's customers, on
+    customers with so many purchases that lifetimes switches to its other hypergeometric formula,
+    for one horizon and one per customer; and the published conditional expectation."""
+    bgnbd = fitted.bgnbd
+    frequency = calibration["frequency_days"].to_numpy(dtype=float)
+    recency, T = calibration["recency_days"].to_numpy() / 7, calibration["T_days"].to_numpy() / 7
+    heavy = np.arange(50.0, 400.0, 10.0)  # hyp2f1 overflows for these: lifetimes' alternative branch
+    heavy_recency, heavy_T = np.full(len(heavy), 38.0), np.full(len(heavy), 39.0)
+    r, alpha, a, b = (bgnbd.params_[k] for k in ("r", "alpha", "a", "b"))
+    assert np.isinf(np.log(hyp2f1(r + heavy, b + heavy, a + b + heavy - 1, 520 / (alpha + heavy_T + 520)))).any()
+    per_customer_t = np.linspace(1.0, 104.0, len(frequency))
+    for x, last, age, t in (
+        (frequency, recency, T, 39.0),
+        (frequency, recency, T, per_customer_t),
+        (heavy, heavy_recency, heavy_T, 520.0),
+        (frequency[:1], recency[:1], T[:1], 52.0),
+    ):
+        np.testing.assert_array_equal(
+            expected_orders_up_to(fitted, t, x, last, age),
+            bgnbd.conditional_expected_number_of_purchases_up_to_time(t, x, last, age),
+        )
+        np.testing.assert_array_equal(
+            probability_alive(fitted, x, last, age), bgnbd.conditional_probability_alive(x, last, age)
+        )
+    one = expected_orders_up_to(fitted, 39.0, np.array([2.0]), np.array([30.43]), np.array([38.86]))
+    assert one[0] == pytest.approx(1.226, rel=0.005)
+    predicted = predict_btyd(fitted, calibration, 39 * 7)
+    np.testing.assert_array_equal(
+        predicted["expected_orders"],
+        bgnbd.conditional_expected_number_of_purchases_up_to_time(39.0, frequency, recency, T),
+    )
 
 
 def test_gamma_gamma_parameters_and_mean_spend(fitted) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,7 @@ from training.common import (
     feature_columns,
     matrix,
     params_for_logging,
+    regression_values,
     select_features,
 )
 from training.config import ModelConfig
@@ -122,7 +123,7 @@ class CLVModel(CustomerModel):
         inputs = value_features(features, self.value_btyd, self.train_horizon_days)
         values = feature_matrix(inputs, self.columns)
         values = np.where(np.isfinite(values), values, np.nan)
-        return np.maximum(self.regressors[name].predict(values), 0.0) * scale
+        return np.maximum(regression_values(self.regressors[name], values), 0.0) * scale
 
     def _predict(
         self, features: pd.DataFrame | dict[str, np.ndarray], method: str | None = None
