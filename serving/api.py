@@ -702,6 +702,9 @@ class Readiness(BaseModel):
     ready: bool
     datasets: dict[str, dict[str, Any]]
     problems: dict[str, str]
+    worker: int | None = Field(
+        None, description="the worker that answered (1 to VALUECAST_WORKERS): each loads the models on its own"
+    )
 
 
 def too_many(exc: ValidationError) -> str | None:

@@ -745,6 +745,9 @@ def _readiness(catalog: Catalog) -> dict[str, Any]:
             for name, c in sorted(catalog.datasets.items())
         },
         "problems": catalog.problems,
+        # each worker loads on its own: a client waiting for every worker (a test, a deployment
+        # script) needs to know which one answered
+        "worker": bentoml.server_context.worker_index,
     }
 
 

@@ -148,12 +148,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _worker_of(answer: Any) -> int | None:
+    """The worker number in a /readyz answer of the API, None for any other answer."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    worker = body.get("worker") if isinstance(body, dict) else None
+    return worker if isinstance(worker, int) else None
+
+
 @contextmanager
 def running_server(command: list[str], env: dict[str, str], ready_url: str, timeout: float = 120) -> Iterator[None]:
-    """Start a server process (its own process group), wait until ``ready_url`` answers 200 ten times
-    in a row, stop it after. In a row: each worker of a multi-worker server loads the models on its
-    own, and one ready worker answering does not make the other ready (found as a 503 from /readyz
-    right after the wait, in one full run).
+    """Start a server process (its own process group), wait until it is ready, stop it after.
+
+    Ready: where ``ready_url`` answers with the number of the worker that answered (the API's
+    /readyz), 200 from every one of ``VALUECAST_WORKERS`` workers (each probe on a new connection,
+    which any worker may accept); each worker loads the models on its own, and one ready worker does
+    not make the other ready (found as a 503 "loading" right after a wait that counted ten 200s in a
+    row, all from the worker that had loaded). Elsewhere, 200 ten times in a row.
 
     Its output goes to a file, not a pipe: a pipe nobody reads fills up with the access log (64 KiB)
     and the server then blocks on its next log line (found as a load test that hung after 44 answers)."""
@@ -168,17 +181,22 @@ def running_server(command: list[str], env: dict[str, str], ready_url: str, time
             command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            deadline, in_a_row = time.time() + timeout, 0
+            deadline, in_a_row, ready_workers = time.time() + timeout, 0, set()
+            workers = int(env.get("VALUECAST_WORKERS", "2"))  # the API's default
             while time.time() < deadline:
                 if process.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(f"{command[0]} exited: {log.read().decode(errors='replace')[-5000:]}")
                 try:
-                    answered = httpx.get(ready_url, timeout=2).status_code == 200
+                    answer = httpx.get(ready_url, timeout=2)
+                    answered = answer.status_code == 200
+                    worker = _worker_of(answer) if answered else None
                 except httpx.HTTPError:
-                    answered = False
+                    answered, worker = False, None
                 in_a_row = in_a_row + 1 if answered else 0
-                if in_a_row >= 10:
+                if worker is not None:
+                    ready_workers.add(worker)
+                if len(ready_workers) >= workers or (worker is None and in_a_row >= 10):
                     break
                 time.sleep(0.05 if answered else 0.5)
             else:

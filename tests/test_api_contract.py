@@ -42,15 +42,8 @@ def server(champion_store: dict[str, str]) -> Iterator[str]:
 
 
 def post(server: str, path: str, body: object, **kwargs: object) -> httpx.Response:
-    """POST ``body``; a 503 from a worker still on its first load of the models is asked again (up to
-    60 s). The server has two workers, and /readyz answering 200 in a row can all come from the one
-    that is ready: the other, busy loading, is slower to accept (found as a 503 in one full run)."""
-    deadline = time.time() + 60
-    while True:
-        answer = httpx.post(f"{server}{path}", json=body, headers=AUTH, timeout=60, **kwargs)  # type: ignore[arg-type]
-        if answer.status_code != 503 or "loading the champion models" not in answer.text or time.time() > deadline:
-            return answer
-        time.sleep(0.2)
+    """POST ``body`` with the key (the server fixture waits until both workers have loaded)."""
+    return httpx.post(f"{server}{path}", json=body, headers=AUTH, timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
 def paths_of(answer: httpx.Response) -> list[str]:
