@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from features.io import Dataset
 from training.candidates import CHURN_BASELINES, candidates_for
-from training.common import Trained
+from training.common import Trained, one_blas_thread
 from training.config import ModelConfig
 from training.customers import train_transaction_classifier
 from training.families import Family
@@ -16,6 +16,7 @@ from training.snapshot import train_snapshot
 NAME = "churn"
 
 
+@one_blas_thread
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     if dataset.transactions is None:
         return train_snapshot(dataset, config, kind="customers", label="churned", family=NAME)

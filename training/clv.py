@@ -41,6 +41,7 @@ from training.common import (
     contract_example,
     feature_columns,
     matrix,
+    one_blas_thread,
     params_for_logging,
     regression_values,
     select_features,
@@ -266,6 +267,7 @@ def _fit_clv(dataset: Dataset, config: ModelConfig, order: tuple[str, ...]) -> _
     return _Fit(model, reports, split, len(train_frame), params, warnings)
 
 
+@one_blas_thread
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     order = tuple(n for n in CLV_CANDIDATES if config.candidates is None or n in config.candidates)
     if not order:

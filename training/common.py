@@ -10,9 +10,10 @@ exactly the numbers it was evaluated with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,30 @@ NOT_FEATURES = {
 }
 # Per-event labels (features.labels): ``purchased_<category>``, ``event_<event>``.
 PER_EVENT_LABELS = (FROM_CATEGORIES.label_prefix, FROM_EVENTS.label_prefix)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def one_blas_thread(train: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a family's ``train`` with BLAS (OpenBLAS, under numpy and scipy) on one thread.
+
+    Training fits many small models (logistic regressions on a few thousand rows, L-BFGS steps,
+    mixtures), where each matrix product takes a fraction of a millisecond and waking BLAS's second
+    thread costs more than the product: X Education's lead score trained in 40-43 s with two BLAS
+    threads and in 21-22 s with one on 2 cores, LogisticRegressionCV 3.0-3.9 s -> 0.25-0.48 s each,
+    the same chosen strengths and ROC AUC (docs/benchmarks.md, ``make demo``). xgboost's threads
+    (OpenMP) are not BLAS's and stay as they are; scikit-learn limits BLAS the same way inside KMeans.
+    """
+    from threadpoolctl import threadpool_limits
+
+    @functools.wraps(train)
+    def limited(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return train(*args, **kwargs)
+
+    return limited
 
 
 @dataclass

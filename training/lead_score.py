@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from features.io import Dataset
 from training.candidates import SNAPSHOT_BASELINES, SNAPSHOT_CANDIDATES
-from training.common import Trained
+from training.common import Trained, one_blas_thread
 from training.config import ModelConfig
 from training.families import Family
 from training.snapshot import train_snapshot
@@ -13,6 +13,7 @@ from training.snapshot import train_snapshot
 NAME = "lead_score"
 
 
+@one_blas_thread
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     return train_snapshot(dataset, config, kind="leads", label="converted", family=NAME)
 

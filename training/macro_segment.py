@@ -42,7 +42,14 @@ from features.pipeline import FeatureSet, build_customer_features, build_custome
 from features.validate import DataError
 from training.candidates import Choice, choose
 from training.columns import Columns
-from training.common import PREDICT_PARAMS, CustomerModel, Trained, contract_example, params_for_logging
+from training.common import (
+    PREDICT_PARAMS,
+    CustomerModel,
+    Trained,
+    contract_example,
+    one_blas_thread,
+    params_for_logging,
+)
 from training.config import MacroSettings, ModelConfig
 from training.evaluation import Report
 from training.families import Family, registered_name
@@ -493,6 +500,7 @@ def choose_on_validation(
     return fits, reasons, winner, reason
 
 
+@one_blas_thread
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     if dataset.transactions is None:
         raise TrainingRefusedError(f"macro segments need a transaction log; dataset '{dataset.config.name}' has none")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from features.events import EventNames, dataset_events, event_slug
 from features.io import Dataset
 from training.candidates import PROPENSITY_BASELINES, candidates_for
-from training.common import Trained
+from training.common import Trained, one_blas_thread
 from training.config import ModelConfig
 from training.customers import train_transaction_classifier
 from training.families import Family
@@ -20,6 +20,7 @@ from training.guards import TrainingRefusedError
 NAME = "propensity"
 
 
+@one_blas_thread
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     if dataset.transactions is None:
         raise TrainingRefusedError(f"propensity needs a transaction log; dataset '{dataset.config.name}' has none")

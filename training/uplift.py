@@ -43,7 +43,7 @@ from features.config import CAMPAIGN_COLUMNS, CAMPAIGN_OUTCOMES, CampaignTableCo
 from features.io import Dataset, read_raw_table, table_path
 from features.validate import ROW, NoUsableRowsError, check_table
 from training.candidates import Choice, choose
-from training.common import InputRowsError, Trained, params_for_logging, xgb_params
+from training.common import InputRowsError, Trained, one_blas_thread, params_for_logging, xgb_params
 from training.config import MicroSegmentRules, ModelConfig, UpliftSettings
 from training.evaluation import Report, bootstrap_intervals, evaluate_uplift, qini_auc
 from training.families import Family, registered_name
@@ -717,6 +717,7 @@ def _with_other_figures(report: Report, results: Mapping[tuple[str, str], ArmOut
             report.figures |= {f"{n[:-4]}_{arm_slug(arm)}_{outcome}.png": f for n, f in winner.figures.items()}
 
 
+@one_blas_thread
 def train(dataset: Dataset, config: ModelConfig) -> Trained:
     """Every candidate per (arm, outcome), chosen on validation; the model of the winners; the
     primary report, the baselines, the policy evaluation and the tables (pure: no MLflow, no files)."""
