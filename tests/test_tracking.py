@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -113,3 +114,39 @@ def test_a_model_with_only_a_challenger_says_why_and_how_to_serve_it(store: Path
     problem = load_champions("shop").problems["churn"]
     assert "v1 is a challenger (loses to the baseline rfm (0.6200)" in problem
     assert "make promote MODEL=churn DATA=shop VERSION=1" in problem
+
+
+def test_a_dataset_input_has_mlflows_own_schema_and_a_digest_of_every_row(store: Path) -> None:
+    """The schema read from the column types is what MLflow infers value by value (text as object, as
+    MLflow needs it), and the digest changes when a row past MLflow's first 10,000 changes."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    rows = 10_050
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.Categorical([f"c{i % 7}" for i in range(rows)]),
+            "country": pd.Series(["DE", None] * (rows // 2), dtype="str"),
+            "timestamp": pd.date_range("2020-01-01", periods=rows, freq="h"),
+            "amount": [float(i) for i in range(rows)],
+            "discount": pd.array([0.5, None] * (rows // 2), dtype="Float64"),
+            "quantity": list(range(rows)),
+            "first": [True, False] * (rows // 2),
+            "note": pd.Series(["a", "b"] * (rows // 2), dtype="string"),
+        }
+    )
+    as_text = frame.astype({c: object for c in ("customer_id", "country", "note")})
+
+    def logged(table: pd.DataFrame) -> mlflow.entities.Dataset:
+        with tracking.run("test-inputs", "inputs") as run_id:
+            tracking.log_dataset_input(table, source=str(store / "t.csv"), name="shop.transactions")
+        return mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs[0].dataset
+
+    with pytest.warns(UserWarning, match="integer column"):
+        inferred = from_pandas(as_text, source=str(store / "t.csv")).schema
+    first = logged(frame)
+    assert json.loads(first.schema)["mlflow_colspec"] == json.loads(inferred.to_json())
+    assert first.name == "shop.transactions" and '"num_rows": 10050' in first.profile
+    changed = frame.copy()
+    changed.loc[rows - 1, "amount"] = -1.0
+    assert logged(changed).digest != first.digest
+    assert logged(frame.copy()).digest == first.digest

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -146,18 +147,65 @@ class DataFingerprint:
 
 def log_dataset_input(frame: pd.DataFrame, *, source: str, name: str, targets: str | None = None) -> None:
     """A table a run read, as an MLflow dataset input (source, digest, schema, row count), so the UI
-    shows what each model was trained on. Columns of types MLflow's schema cannot describe (pandas'
-    Arrow-backed strings, categoricals) are logged as plain text."""
-    import mlflow
-    from mlflow.data.pandas_dataset import from_pandas
+    shows what each model was trained on.
 
-    plain = frame.copy()
-    for column in plain.columns:
-        dtype = plain[column].dtype
-        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
-            plain[column] = plain[column].astype(object)
-    dataset = from_pandas(plain, source=source, name=name, targets=targets)
+    MLflow's ``from_pandas`` would work out the schema and the digest value by value in Python (7.5 s
+    for Online Retail's 401,528 checked rows, more than its model took to log); here the schema comes
+    from the checked table's column types (text and categorical columns are strings; a column is
+    required when it has no missing value) and the digest is MLflow's normalised MD5 over pandas'
+    hash of every row, where MLflow's own hashes the first 10,000."""
+    import mlflow
+    import numpy as np
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.digest_utils import get_normalized_md5_digest
+    from mlflow.types import ColSpec, Schema
+
+    columns = [(str(c), frame[c]) for c in frame.columns]
+    schema = Schema([ColSpec(_column_type(values), c, required=not values.isna().any()) for c, values in columns])
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    digest = get_normalized_md5_digest([row_hashes, np.int64(len(frame)), *(str(c).encode() for c in frame.columns)])
+    dataset = _table_dataset_class()(
+        frame, schema, source=resolve_dataset_source(source), name=name, targets=targets, digest=digest
+    )
     mlflow.log_input(dataset, context="training")
+
+
+def _column_type(column: pd.Series) -> Any:
+    """The MLflow schema type of a checked table's column, from its dtype; MLflow's own inference for
+    a dtype not listed here (e.g. an object column of mixed values)."""
+    from mlflow.models import infer_signature
+    from mlflow.types import DataType
+
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+        return DataType.string
+    if pd.api.types.is_bool_dtype(dtype):
+        return DataType.boolean
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return DataType.datetime
+    if pd.api.types.is_integer_dtype(dtype):
+        return DataType.long if dtype.itemsize == 8 else DataType.integer
+    if pd.api.types.is_float_dtype(dtype):
+        return DataType.double if dtype.itemsize == 8 else DataType.float
+    return infer_signature(column.to_frame()).inputs.input_types()[0]
+
+
+@cache
+def _table_dataset_class() -> Any:
+    from mlflow.data.pandas_dataset import PandasDataset
+
+    class TableDataset(PandasDataset):
+        """MLflow's pandas dataset with a schema given rather than inferred."""
+
+        def __init__(self, df: pd.DataFrame, schema: Any, **kwargs: Any) -> None:
+            self._given_schema = schema
+            super().__init__(df, **kwargs)
+
+        @property
+        def schema(self) -> Any:
+            return self._given_schema
+
+    return TableDataset
 
 
 def log_params(params: Mapping[str, object]) -> None:
