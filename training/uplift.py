@@ -116,22 +116,33 @@ def policy_value(actions: np.ndarray, arm: np.ndarray, outcome: np.ndarray, prop
 
 
 def _policy_figures(
-    policies: Mapping[str, np.ndarray], arm: np.ndarray, outcomes: Mapping[str, np.ndarray], control: str
+    policies: Mapping[str, np.ndarray], arm: np.ndarray, outcomes: Mapping[str, np.ndarray], control: int
 ) -> dict[str, dict[str, float]]:
     """Per policy: incremental outcomes per 1,000 customers over 'no one' (IPW, :func:`policy_value`
-    with the weights computed once) and sends per 1,000."""
-    codes, _ = pd.factorize(pd.Series(arm, dtype=object))
-    weights = 1.0 / (np.bincount(codes) / len(codes))[codes]
-    in_control = np.asarray(arm) == control
+    with the weights computed once) and sends per 1,000. Arms, actions and ``control`` are integer
+    codes of the same labels (:func:`_coded`)."""
+    weights = 1.0 / (np.bincount(arm) / len(arm))[arm]
+    in_control = arm == control
     out: dict[str, dict[str, float]] = {}
     for name, actions in policies.items():
-        matched = np.asarray(actions) == np.asarray(arm)
+        matched = actions == arm
         row = {"sent_per_1000": 1000.0 * float(np.mean(actions != control))}
         for outcome, y in outcomes.items():
             gain = np.mean((matched * weights - in_control * weights) * y)
             row[f"incremental_{outcome}_per_1000"] = 1000.0 * float(gain)
         out[name] = row
     return out
+
+
+def _coded(
+    policies: Mapping[str, np.ndarray], arm: np.ndarray, control: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """Policies' actions, the arms and the control as codes of one label list: the bootstrap then
+    compares integers, not strings."""
+    parts = [np.asarray(arm, dtype=object), *(np.asarray(p, dtype=object) for p in policies.values())]
+    codes, _ = pd.factorize(pd.Series(np.concatenate([*parts, np.array([control], dtype=object)]), dtype=object))
+    coded = np.split(codes[:-1], np.cumsum([len(p) for p in parts])[:-1])
+    return dict(zip(policies, coded[1:], strict=True)), coded[0], int(codes[-1])
 
 
 def evaluate_policies(
@@ -147,17 +158,17 @@ def evaluate_policies(
     randomised rows by IPW (:func:`policy_value`, the arms' shares as propensities): incremental
     outcome per 1,000 customers against sending no one, sends per 1,000 and incremental outcome per
     send, with percentile bootstrap 95% intervals (customers resampled with their arm and policy)."""
-    arm = np.asarray(arm, dtype=object)
-    point = _policy_figures(policies, arm, outcomes, control)
+    actions, arm_codes, control_code = _coded(policies, arm, control)
+    point = _policy_figures(actions, arm_codes, outcomes, control_code)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[dict[str, float]]] = {name: [] for name in policies}
     for _ in range(bootstrap):
-        rows = rng.integers(0, len(arm), len(arm))
+        rows = rng.integers(0, len(arm_codes), len(arm_codes))
         resampled = _policy_figures(
-            {n: np.asarray(p)[rows] for n, p in policies.items()},
-            arm[rows],
+            {n: a[rows] for n, a in actions.items()},
+            arm_codes[rows],
             {o: y[rows] for o, y in outcomes.items()},
-            control,
+            control_code,
         )
         for name, figures in resampled.items():
             draws[name].append(figures)
