@@ -153,8 +153,16 @@ def logistic_regression(seed: int, *, transform: bool = True, folds: int = 3) ->
     impute = SimpleImputer(strategy="median", keep_empty_features=True)
     if not transform:
         return make_pipeline(impute, StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
+    # l1_ratios=(0,): the L2 penalty, scikit-learn 1.10's default (None is deprecated since 1.8); the
+    # new fitted attributes (C_ a number): nothing here reads the legacy ones. Same fit, no FutureWarnings.
     model = LogisticRegressionCV(
-        Cs=[0.01, 0.1, 1.0, 10.0], cv=folds, scoring="roc_auc", max_iter=5000, random_state=seed
+        Cs=[0.01, 0.1, 1.0, 10.0],
+        cv=folds,
+        scoring="roc_auc",
+        max_iter=5000,
+        random_state=seed,
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
     )
     return make_pipeline(SkewedLog1p(), impute, StandardScaler(), model)
 
