@@ -160,8 +160,12 @@ def log_dataset_input(frame: pd.DataFrame, *, source: str, name: str, targets: s
     from mlflow.data.digest_utils import get_normalized_md5_digest
     from mlflow.types import ColSpec, Schema
 
-    columns = [(str(c), frame[c]) for c in frame.columns]
-    schema = Schema([ColSpec(_column_type(values), c, required=not values.isna().any()) for c, values in columns])
+    types = {str(c): _column_type(frame[c]) for c in frame.columns}
+    schema = (
+        Schema([ColSpec(types[str(c)], str(c), required=not frame[c].isna().any()) for c in frame.columns])
+        if None not in types.values()
+        else None  # as MLflow's PandasDataset does when it cannot infer a column
+    )
     row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     digest = get_normalized_md5_digest([row_hashes, np.int64(len(frame)), *(str(c).encode() for c in frame.columns)])
     dataset = _table_dataset_class()(
@@ -172,12 +176,13 @@ def log_dataset_input(frame: pd.DataFrame, *, source: str, name: str, targets: s
 
 def _column_type(column: pd.Series) -> Any:
     """The MLflow schema type of a checked table's column, from its dtype; MLflow's own inference for
-    a dtype not listed here (e.g. an object column of mixed values)."""
+    a dtype not listed here (e.g. an object column of mixed values), None when that fails."""
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
     from mlflow.types import DataType
 
     dtype = column.dtype
-    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(column):
         return DataType.string
     if pd.api.types.is_bool_dtype(dtype):
         return DataType.boolean
@@ -187,7 +192,10 @@ def _column_type(column: pd.Series) -> Any:
         return DataType.long if dtype.itemsize == 8 else DataType.integer
     if pd.api.types.is_float_dtype(dtype):
         return DataType.double if dtype.itemsize == 8 else DataType.float
-    return infer_signature(column.to_frame()).inputs.input_types()[0]
+    try:
+        return infer_signature(column.to_frame()).inputs.input_types()[0]
+    except MlflowException:
+        return None
 
 
 @cache
