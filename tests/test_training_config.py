@@ -98,3 +98,20 @@ def test_x_education_kept_columns_pass_and_tags_ranks_far_above_them() -> None:
     assert tags > kept.max() + 0.1
     with pytest.raises(TrainingRefusedError, match=r"'Tags' \(AUC 0\.9"):
         check_leakage(raw[["Tags"]], raw["Converted"], Guards(leakage_auc=0.9))
+
+
+@pytest.mark.parametrize("family", names())
+def test_every_family_trains_with_blas_on_one_thread(family: str) -> None:
+    """Training's many small fits ran up to 10x slower waiting for BLAS's second thread
+    (docs/benchmarks.md): each family's train limits it, and gives it back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from training import families
+    from training.common import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    train = families.get(family).train
+    assert train.__code__ is one_blas_thread(blas_threads).__code__ and train.__name__ == "train"
+    assert one_blas_thread(blas_threads)() == [1] * len(blas_threads()) and blas_threads()
