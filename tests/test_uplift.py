@@ -364,3 +364,33 @@ def _hillstrom_path() -> Path:
     from features.config import data_root
 
     return data_root() / "hillstrom" / "hillstrom.csv"
+
+
+def test_arms_and_outcomes_chosen_on_threads_as_one_after_the_other(tmp_path: Path) -> None:
+    """choose_all runs the (arm, outcome) pairs on threads: the same winners, reasons, figures and
+    scores as one pair after the other."""
+    from training import uplift
+
+    rows = randomised(3_000, arms=("none", "mail", "sms"), seed=3)
+    rows["visit"] = (((rows["history"] > 250) & (rows["group"] != "none")) | (rows["visit"] == 1)).astype(int)
+    dataset = load_dataset(load_dataset_config(campaign_files(tmp_path, rows)))
+    config = load_model_config("uplift")
+    assert config.uplift is not None
+    config = config.model_copy(
+        update={"uplift": config.uplift.model_copy(update={"outcomes": ["visit"], "bootstrap": 20})}
+    )
+    data = uplift.prepare(dataset, config)
+    threaded = uplift.choose_all(data, config, workers=2)
+    alone = uplift.choose_all(data, config, workers=1)
+    assert list(threaded) == list(alone) and sorted(threaded) == [("mail", "visit"), ("sms", "visit")]
+    for pair, result in threaded.items():
+        other = alone[pair]
+        assert (result.choice.winner, result.choice.reason, result.note) == (
+            other.choice.winner,
+            other.choice.reason,
+            other.note,
+        )
+        for part in ("validation", "test"):
+            mine, theirs = getattr(result.choice, part), getattr(other.choice, part)
+            assert {n: r.metrics for n, r in mine.items()} == {n: r.metrics for n, r in theirs.items()}
+        np.testing.assert_array_equal(result.winner.uplift(data.x), other.winner.uplift(data.x))

@@ -281,7 +281,7 @@ def qini_points(
 
 
 @contextmanager
-def _sklift_quietly() -> Iterator[None]:
+def sklift_quietly() -> Iterator[None]:
     """scikit-uplift 0.5.1 calls scikit-learn's ``stable_cumsum``, deprecated in 1.8 (removed in 1.10):
     one FutureWarning per call would bury the run's own messages. The Qini tests fail loudly the day
     it is gone."""
@@ -297,7 +297,7 @@ def qini_auc(y: np.ndarray, score: np.ndarray, treatment: np.ndarray) -> float:
     if _is_binary(y):
         from sklift.metrics import qini_auc_score
 
-        with _sklift_quietly():
+        with sklift_quietly():
             return float(qini_auc_score(y, score, treatment))
     return qini_auc_numpy(y, score, treatment)
 
@@ -318,7 +318,7 @@ def uplift_at(y: np.ndarray, score: np.ndarray, treatment: np.ndarray, share: fl
     if _is_binary(y):
         from sklift.metrics import uplift_at_k
 
-        with _sklift_quietly():
+        with sklift_quietly():
             return float(uplift_at_k(y, score, treatment, strategy="overall", k=share))
     return uplift_at_numpy(y, score, treatment, share)
 
