@@ -79,8 +79,18 @@ $(VENV)/.installed: $(UV) uv.lock pyproject.toml
 	$(UV) sync --frozen --python python$(PYTHON_VERSION)
 	touch $@
 
+# PySpark (ENGINE=spark) is the 'spark' extra: its wheel is built from a 430 MB source archive at
+# install, 23-28 s on 2 cores, so make setup (and make demo) leave it out. Re-made after every plain
+# sync, which removes it.
+$(VENV)/.spark: $(VENV)/.installed
+	$(UV) sync --frozen --extra spark --python python$(PYTHON_VERSION)
+	touch $@
+
 .PHONY: setup
 setup: $(VENV)/.installed ## Create .venv and install the locked dependencies (fast when nothing changed)
+
+.PHONY: setup-spark
+setup-spark: $(VENV)/.spark ## setup, and PySpark for ENGINE=spark (Java 17 too: java -version)
 
 .PHONY: lock
 lock: $(UV) ## Re-resolve uv.lock after changing dependencies in pyproject.toml
@@ -91,7 +101,7 @@ demo: setup ## Set up, then features and labels of every bundled dataset, train 
 	$(VALUECAST) demo
 
 .PHONY: test
-test: setup ## Set up, then run the whole test suite
+test: setup-spark ## Set up, then run the whole test suite
 	$(BIN)/pytest
 
 .PHONY: browser
@@ -102,7 +112,7 @@ browser: ## Install a headless browser (Debian's chromium, with apt) for the rep
 	@chromium --version
 
 .PHONY: lint
-lint: setup ## ruff (lint and format check) and mypy
+lint: setup-spark ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -132,7 +142,7 @@ train: setup ## Train MODEL (churn|propensity|lead_score|clv|uplift|all, default
 	$(VALUECAST) train --data $(DATA) --model $(MODEL) $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: score
-score: setup ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists; with an uplift champion the next best action and actions/<arm>.csv); FORCE=1 replaces an OUT valuecast did not write
+score: setup $(if $(filter spark,$(ENGINE)),setup-spark) ## Score every customer of DATA with DATA's champions into OUT/ (scores, segments, report, CRM lists; with an uplift champion the next best action and actions/<arm>.csv); FORCE=1 replaces an OUT valuecast did not write
 	@test -n "$(OUT)" || { echo "error: set OUT=<folder>, e.g. make score DATA=cdnow OUT=out/scores"; exit 2; }
 	$(VALUECAST) score --data $(DATA) --out $(OUT) $(as_of_arg) --engine $(ENGINE) $(force_arg)
 
@@ -229,7 +239,7 @@ bench-serve: setup ## Load test of the API (16 clients) side by side with mlflow
 	$(BIN)/python -m benchmarks.bench_serve --clients 16 --duration 10 --rounds 3
 
 .PHONY: bench-score
-bench-score: setup ## make score on 1M synthetic customers / 10M transactions: local engine, then Spark
+bench-score: setup-spark ## make score on 1M synthetic customers / 10M transactions: local engine, then Spark
 	$(BIN)/python -m benchmarks.bench_score --customers $(BENCH_CUSTOMERS)
 
 .PHONY: bench-refresh

@@ -39,6 +39,18 @@ from serving.scoring import Champions, events_read, score_customers
 SPARK_TYPES = {"float64": "DoubleType", "int64": "LongType", "bool": "BooleanType", "int8": "ByteType"}
 
 
+def require_pyspark() -> None:
+    """Stop with the fix when PySpark is not installed: ``make setup`` leaves it out (the ``spark``
+    extra, installed by ``make setup-spark``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise ConfigError(
+            "ENGINE=spark needs PySpark, which make setup leaves out (it is the 'spark' extra): run make "
+            "setup-spark (or pip install 'valuecast[spark]'), or leave out ENGINE=spark to score on this machine"
+        )
+
+
 def session(master: str | None = None) -> Any:
     """A Spark session whose Python workers run this interpreter (pandas, pyarrow, the models)."""
     import warnings
@@ -46,6 +58,7 @@ def session(master: str | None = None) -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     warnings.filterwarnings("ignore", message=".*does not yet fully support pandas >= 3.*")
+    require_pyspark()
     from pyspark.sql import SparkSession
 
     spark = (

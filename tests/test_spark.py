@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from features.config import ConfigError
 from serving import batch, spark_engine
 from serving.scoring import load_champions
 from valuecast.cli import app
@@ -108,3 +110,19 @@ def test_a_bucket_comes_back_in_the_files_order_and_the_local_engines_types() ->
     assert back["category"].dtype == local["category"].dtype
     assert back["category"].cat.codes.tolist() == local["category"].cat.codes.tolist() == [1, -1, 0]
     assert back["customer_id"].tolist() == ["a", "b", "a"] and back["amount"].tolist() == [1.5, 2.0, 3.25]
+
+
+def test_without_pyspark_the_spark_engine_stops_before_reading_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make setup leaves PySpark out (the 'spark' extra): ENGINE=spark says how to install it, exit 2,
+    and OUT is not touched."""
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # as if not installed
+    out = tmp_path / "scores"
+    command = ["score", "--data", "cdnow_sample", "--out", str(out), "--as-of", SERVING_AS_OF, "--engine", "spark"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert "ENGINE=spark needs PySpark" in result.output and "make setup-spark" in result.output
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="valuecast\\[spark\\]"):
+        spark_engine.session()

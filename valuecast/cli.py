@@ -476,8 +476,9 @@ def score(
     with user_errors():
         check_replaceable(out, force)  # before minutes of scoring, not after; run() checks again
         if engine == "spark":
-            from serving.spark_engine import start_session_in_background
+            from serving.spark_engine import require_pyspark, start_session_in_background
 
+            require_pyspark()
             start_session_in_background()  # the JVM starts while the data is read
         dataset = _load(data, None)
         champions = _dataset_champions(dataset.config.name)
