@@ -193,3 +193,18 @@ def test_demo_without_the_shared_data_uses_cdnow_and_synthetic_leads(
     assert (tmp_path / "out" / "cdnow" / "features.parquet").exists()
     leads = pd.read_parquet(tmp_path / "out" / "synthetic_leads" / "lead_features.parquet")
     assert len(leads) == 2_000 and set(leads["converted"].unique()) == {0, 1}
+
+
+def test_a_demo_process_skips_what_is_absent_and_returns_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mlflow_store: str
+) -> None:
+    """One of the demo's two training processes: a dataset that is absent is skipped with a line naming
+    the family, and a user's error comes back as its message and exit code for the demo to report."""
+    from valuecast.cli import train_families_in_process
+
+    monkeypatch.setenv("VALUECAST_DATA_ROOT", str(tmp_path / "nothing-here"))
+    frame, error = train_families_in_process((("macro_segment", "online_retail"),))
+    assert error is None and frame.empty
+    assert "macro_segment on online_retail: skipped" in capsys.readouterr().err
+    frame, error = train_families_in_process((("churn", "no_such_dataset"),))
+    assert error is not None and error[1] == 2 and "no_such_dataset" in error[0], error

@@ -66,6 +66,12 @@ def connect() -> Any:
     return mlflow.MlflowClient(tracking_uri(), registry_uri=tracking_uri())
 
 
+def ensure_store() -> None:
+    """Create the tracking store's tables if the store is new. MLflow does so on first use; two
+    processes doing it at once on a new SQLite file can collide, so the demo calls this first."""
+    connect().search_experiments(max_results=1)
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment's id, creating it (with artifacts under :func:`artifact_root`) when new."""
     import mlflow

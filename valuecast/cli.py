@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
@@ -258,32 +258,96 @@ def demo(
         _demo_training(out)
 
 
-def _demo_training(out: Path) -> None:
-    _quiet_mlflow()
-    from features.io import DatasetMissingError
-    from training import tracking
-    from training.run import metrics_frame, train_and_log
+# The demo's families in two processes side by side, those on CDNOW and those on the other datasets:
+# each family uses one core or two by turns, so together they keep both busy (six families on 2
+# cores: 188 s one after the other, 133 s in two processes; docs/benchmarks.md).
+DEMO_FAMILIES = (
+    (("churn", "cdnow"), ("propensity", "cdnow"), ("clv", "cdnow")),
+    (("lead_score", "x_education"), ("macro_segment", "online_retail"), ("uplift", "hillstrom")),
+)
 
-    typer.echo(f"\nTraining (MLflow store: {tracking.tracking_uri()})")
-    outcomes = []
-    demo_models = (
-        ("churn", "cdnow"),
-        ("propensity", "cdnow"),
-        ("clv", "cdnow"),
-        ("lead_score", "x_education"),
-        ("macro_segment", "online_retail"),
-        ("uplift", "hillstrom"),
-    )
-    for family, data in demo_models:
-        with user_errors():
-            try:
-                outcomes.append(train_and_log(family, data, echo=lambda m: typer.echo(f"  {m}", err=True)))
-            except DatasetMissingError as exc:
-                typer.echo(f"  {family} on {data}: skipped, {exc}")
-    typer.echo(metrics_frame(outcomes).drop(columns=["run_id"]).to_string(index=False, float_format="{:.4f}".format))
+
+@contextmanager
+def _passive_openmp() -> Iterator[None]:
+    """``OMP_WAIT_POLICY=PASSIVE`` (unless set) in the environment of the processes started inside:
+    their OpenMP threads sleep when idle instead of spinning. Two processes of spinning xgboost
+    threads on two cores took the time each other needed: the six families took 181-215 s side by side
+    spinning (as long as one after the other), 133 s passive. Alone, spinning is quicker (churn 33-38
+    s vs 38-41 s passive), so the processes that train side by side get it and this one does not."""
+    import os
+
+    previous = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def _demo_training(out: Path) -> None:
+    import multiprocessing
+
+    _quiet_mlflow()
+    from training import tracking
+
+    typer.echo(f"\nTraining (MLflow store: {tracking.redacted(tracking.tracking_uri())})")
+    tracking.ensure_store()  # MLflow creates its tables on first use: once, before two processes use it
+    typer.echo("  two processes side by side: " + "; ".join(", ".join(f for f, _ in group) for group in DEMO_FAMILIES))
+    # spawn: fresh interpreters (OpenMP and Arrow's threads do not survive a fork), which read the
+    # environment as they start; the pool is terminated on the way out, so an error or Ctrl-C in one
+    # does not wait for the other
+    with _passive_openmp():
+        pool = multiprocessing.get_context("spawn").Pool(len(DEMO_FAMILIES))
+    with pool:
+        pending = [pool.apply_async(train_families_in_process, (group,)) for group in DEMO_FAMILIES]
+        frames = []
+        for result in pending:
+            frame, error = result.get()
+            if error is not None:
+                fail(*error)
+            frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    typer.echo(table.drop(columns=["run_id"], errors="ignore").to_string(index=False, float_format="{:.4f}".format))
     _demo_experiment()
     typer.echo("Browse the runs: make ui (http://127.0.0.1:5000)")
     _demo_segments(out / "scores")
+
+
+def train_families(pairs: Sequence[tuple[str, str]], echo: Callable[[str], None]) -> list[Any]:
+    """``train_and_log`` of each (family, dataset); a dataset that is not there is skipped with a line."""
+    from features.io import DatasetMissingError
+    from training.run import train_and_log
+
+    outcomes = []
+    for family, data in pairs:
+        try:
+            outcomes.append(train_and_log(family, data, echo=echo))
+        except DatasetMissingError as exc:
+            echo(f"{family} on {data}: skipped, {exc}")
+    return outcomes
+
+
+def train_families_in_process(pairs: Sequence[tuple[str, str]]) -> tuple[pd.DataFrame, tuple[str, int] | None]:
+    """:func:`train_families` in one of the demo's processes: their metrics, and the error that stopped
+    them (message and exit code: a user's error as :func:`user_errors` words it, a bug with its
+    traceback), returned rather than raised, since not every exception survives the trip back. Each
+    line it prints names its family."""
+    import traceback
+
+    from features.config import ConfigError
+    from features.validate import DataError
+    from training.run import metrics_frame
+
+    _quiet_libraries()
+    _quiet_mlflow()
+    try:
+        outcomes = train_families(pairs, echo=lambda m: typer.echo(f"  {m}", err=True))
+    except (ConfigError, DataError) as exc:
+        return metrics_frame([]), (str(exc), 2)
+    except Exception:  # a bug: its traceback, as it would have shown in one process
+        return metrics_frame([]), (traceback.format_exc(), 1)
+    return metrics_frame(outcomes), None
 
 
 def _demo_experiment(trials: int = 3) -> None:
