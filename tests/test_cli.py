@@ -208,3 +208,21 @@ def test_a_demo_process_skips_what_is_absent_and_returns_its_error(
     assert "macro_segment on online_retail: skipped" in capsys.readouterr().err
     frame, error = train_families_in_process((("churn", "no_such_dataset"),))
     assert error is not None and error[1] == 2 and "no_such_dataset" in error[0], error
+
+
+def test_the_demos_processes_import_this_projects_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that has loaded a logged model has that model's copy of features/ first on sys.path
+    (MLflow puts a model's code there): the demo's spawned training processes still import this
+    project's packages, whose configs sit beside them."""
+    import importlib.resources
+
+    from features.config import PROJECT_ROOT
+    from valuecast.cli import training_pool
+
+    decoy = tmp_path / "code" / "features"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    with training_pool(1) as pool:
+        found = pool.apply(importlib.resources.files, ("features",))
+    assert Path(str(found)).resolve() == (PROJECT_ROOT / "features").resolve()

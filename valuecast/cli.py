@@ -286,20 +286,14 @@ def _passive_openmp() -> Iterator[None]:
 
 
 def _demo_training(out: Path) -> None:
-    import multiprocessing
-
     _quiet_mlflow()
     from training import tracking
 
     typer.echo(f"\nTraining (MLflow store: {tracking.redacted(tracking.tracking_uri())})")
     tracking.ensure_store()  # MLflow creates its tables on first use: once, before two processes use it
     typer.echo("  two processes side by side: " + "; ".join(", ".join(f for f, _ in group) for group in DEMO_FAMILIES))
-    # spawn: fresh interpreters (OpenMP and Arrow's threads do not survive a fork), which read the
-    # environment as they start; the pool is terminated on the way out, so an error or Ctrl-C in one
-    # does not wait for the other
-    with _passive_openmp():
-        pool = multiprocessing.get_context("spawn").Pool(len(DEMO_FAMILIES))
-    with pool:
+    # terminated on the way out, so that an error or Ctrl-C in one does not wait for the other
+    with training_pool(len(DEMO_FAMILIES)) as pool:
         pending = [pool.apply_async(train_families_in_process, (group,)) for group in DEMO_FAMILIES]
         frames = []
         for result in pending:
@@ -312,6 +306,24 @@ def _demo_training(out: Path) -> None:
     _demo_experiment()
     typer.echo("Browse the runs: make ui (http://127.0.0.1:5000)")
     _demo_segments(out / "scores")
+
+
+def training_pool(processes: int) -> Any:
+    """A pool of fresh interpreters (spawn: OpenMP and Arrow's threads do not survive a fork) for the
+    demo's training processes, started with :func:`_passive_openmp` and with this project's folder
+    first on their ``sys.path``: a process that has loaded a logged model has that model's copy of
+    ``features/`` and ``training/`` ahead of it (MLflow puts a model's code there), and a spawned
+    process would import those copies (no configs beside them)."""
+    import multiprocessing
+
+    root = str(Path(__file__).resolve().parent.parent)
+    saved = list(sys.path)
+    sys.path.insert(0, root)
+    try:
+        with _passive_openmp():
+            return multiprocessing.get_context("spawn").Pool(processes)
+    finally:
+        sys.path[:] = saved
 
 
 def train_families(pairs: Sequence[tuple[str, str]], echo: Callable[[str], None]) -> list[Any]:
