@@ -72,19 +72,30 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one line and an exit code; let bugs show their traceback."""
+def user_error(exc: BaseException) -> tuple[str, int] | None:
+    """The message and exit code of an error a user can cause (a missing dataset 3, a config or data
+    error 2); None for anything else, which is a bug."""
     from features.config import ConfigError
     from features.io import DatasetMissingError
     from features.validate import DataError
 
+    if isinstance(exc, DatasetMissingError):
+        return str(exc), 3
+    if isinstance(exc, (ConfigError, DataError)):
+        return str(exc), 2
+    return None
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line and an exit code; let bugs show their traceback."""
     try:
         yield
-    except DatasetMissingError as exc:
-        fail(str(exc), code=3)
-    except (ConfigError, DataError) as exc:
-        fail(str(exc))
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        fail(*error)
 
 
 def parse_date(value: str | None, option: str) -> pd.Timestamp | None:
@@ -347,18 +358,14 @@ def train_families_in_process(pairs: Sequence[tuple[str, str]]) -> tuple[pd.Data
     line it prints names its family."""
     import traceback
 
-    from features.config import ConfigError
-    from features.validate import DataError
     from training.run import metrics_frame
 
     _quiet_libraries()
     _quiet_mlflow()
     try:
         outcomes = train_families(pairs, echo=lambda m: typer.echo(f"  {m}", err=True))
-    except (ConfigError, DataError) as exc:
-        return metrics_frame([]), (str(exc), 2)
-    except Exception:  # a bug: its traceback, as it would have shown in one process
-        return metrics_frame([]), (traceback.format_exc(), 1)
+    except Exception as exc:  # a bug comes back with its traceback, as it would have shown in one process
+        return metrics_frame([]), user_error(exc) or (traceback.format_exc(), 1)
     return metrics_frame(outcomes), None
 
 
