@@ -21,7 +21,7 @@ import pytest
 
 from features.config import PROJECT_ROOT
 
-from .conftest import free_port, running_server
+from .conftest import free_port, running_server, start_server
 
 KEY = "clé-secrète-ü"  # non-ASCII on purpose (finding 7: such a key could never match)
 AUTH = {b"X-API-Key": KEY.encode("utf-8")}  # header values travel as bytes
@@ -326,9 +326,7 @@ def test_finding_10_unreachable_registry_healthz_at_once_readyz_why_sigterm_stop
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("wb")  # a file, not a pipe nobody reads while it runs
-    process = subprocess.Popen(
-        serve(port), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    process = start_server(serve(port), env, log)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:

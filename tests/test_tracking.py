@@ -97,6 +97,35 @@ def test_models_are_logged_as_code_and_a_changed_state_is_refused(store: Path) -
         mlflow.pyfunc.load_model(str(local))
 
 
+def test_integer_outputs_are_logged_without_mlflows_missing_values_hint_which_inputs_keep(store: Path) -> None:
+    import warnings
+
+    hint = "Inferred schema contains integer column"
+    with tracking.run("test-experiment", "integer-output"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        uri = tracking.log_model(
+            Constant(1.0),
+            name="model",
+            input_example=pd.DataFrame({"x": [1.0]}),
+            output_example=pd.DataFrame({"segment_id": [-1, 2]}),  # like macro_segment_id: -1, never missing
+            pip_requirements=["pandas"],
+        )
+    assert not [w for w in caught if hint in str(w.message)]
+    outputs = mlflow.models.get_model_info(uri).signature.outputs
+    assert outputs.input_names() == ["segment_id"] and outputs.input_types()[0] == mlflow.types.DataType.long
+
+    with tracking.run("test-experiment", "integer-input"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracking.log_model(
+            Constant(1.0),
+            name="model",
+            input_example=pd.DataFrame({"x": [1, 2]}),  # an input MLflow enforces: the hint stays
+            output_example=pd.DataFrame({"score": [1.0, 1.0]}),
+            pip_requirements=["pandas"],
+        )
+    assert [w for w in caught if hint in str(w.message)]
+
+
 def test_a_model_with_only_a_challenger_says_why_and_how_to_serve_it(store: Path) -> None:
     from serving.scoring import load_champions
 

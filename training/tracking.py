@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -299,13 +300,18 @@ def log_model(
     Requirements are passed explicitly: inferring them costs seconds per model.
     """
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
 
-    signature = infer_signature(input_example, output_example, params=dict(params) if params else None)
+    signature = infer_signature(input_example, params=dict(params) if params else None)
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; it matters for inputs, which
+        # MLflow enforces, not for outputs (macro_segment_id is -1 without purchases, never missing).
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        outputs = infer_signature(output_example).inputs
+    signature = ModelSignature(signature.inputs, outputs, signature.params)
     if required_inputs is not None and signature.inputs is not None:
         # columns outside the required ones may be left out by callers (optional contract columns,
         # attributes a lead form did not ask): the model treats them as missing
-        from mlflow.models import ModelSignature
         from mlflow.types.schema import ColSpec, Schema
 
         inputs = Schema([ColSpec(c.type, c.name, required=c.name in required_inputs) for c in signature.inputs.inputs])
