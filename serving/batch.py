@@ -28,7 +28,8 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ from serving.segments.rules import freeze, latest_frozen, load_frozen, load_rule
 from training.uplift import NO_ACTION, arm_slug
 
 CONTACT_PATTERN = re.compile(r"(e-?mail|phone|mobile|first.?name|last.?name|^name$|address|city|zip|postcode)", re.I)
-CHUNK_CUSTOMERS = 200_000
+# Customers per chunk: a chunk's working set is ~0.5 GiB; one chunk per core is scored at a time.
+CHUNK_CUSTOMERS = 100_000
 SAFE_FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
@@ -221,15 +223,16 @@ def rows_of_customers(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
     return customer_id.astype(str).isin(set(ids)).to_numpy()
 
 
-def _rows_by_chunk(dataset: Dataset, ids: list[str], chunks: int) -> list[np.ndarray] | None:
-    """Row positions of each chunk of ``ids`` (``CHUNK_CUSTOMERS`` consecutive ids each), in one pass
-    over the category codes instead of one lookup of every id per chunk; None when not categorical."""
+def _rows_by_chunk(dataset: Dataset, ids: list[str], size: int, chunks: int) -> list[np.ndarray] | None:
+    """Row positions of each chunk of ``ids`` (``size`` consecutive ids each, as :func:`_chunks` cuts
+    them), in one pass over the category codes instead of one lookup of every id per chunk; None when
+    not categorical."""
     assert dataset.transactions is not None
     column = dataset.transactions.frame["customer_id"]
     if not isinstance(column.dtype, pd.CategoricalDtype):
         return None
     position = pd.Index(ids, dtype=object).get_indexer(column.cat.categories.astype(object))
-    chunk_of_code = np.where(position >= 0, position // CHUNK_CUSTOMERS, chunks)  # chunks: not scored
+    chunk_of_code = np.where(position >= 0, position // size, chunks)  # chunks: not scored
     codes = column.cat.codes.to_numpy()
     chunk_of_row = np.where(codes >= 0, chunk_of_code[codes], chunks)
     order = np.argsort(chunk_of_row, kind="stable")  # rows keep their order within a chunk
@@ -284,20 +287,38 @@ def model_scores_of_dataset(
     dataset: Dataset,
     as_of: pd.Timestamp,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Model scores and segment facts of :func:`customer_ids`, in chunks of customers (features are
-    per customer, so chunking does not change a number)."""
+    per customer, so chunking changes no number beyond rounding: a few CLV values 1 ulp apart).
+
+    ``workers``: chunks scored at a time (default: one per core). With more than one, chunks are
+    scored side by side on threads, each with one OpenMP thread for xgboost, in place of one chunk
+    at a time with xgboost on every core: a chunk's features, BG/NBD formulas and tables run on one
+    core, and xgboost, numba's kernel and numpy release the GIL, so both cores stay busy (1M
+    customers on 2 cores: scoring 30 s against 44 s, the same numbers)."""
+    from threadpoolctl import threadpool_limits
+
     ids = customer_ids(dataset, as_of, campaign_ids(champions, dataset))
     customers = customer_table(dataset)
-    scores, facts = [], []
     chunks = _chunks(ids, CHUNK_CUSTOMERS)
-    rows = _rows_by_chunk(dataset, ids, len(chunks)) if len(chunks) > 1 else None
-    for number, chunk in enumerate(chunks, start=1):
-        part = dataset if rows is None else customer_subset(dataset, chunk, rows[number - 1])
-        chunk_scores, chunk_facts = model_scores(champions, part, as_of, chunk, attributes=customers)
-        scores.append(chunk_scores)
-        facts.append(chunk_facts)
-        progress(number, len(chunks))
+    rows = _rows_by_chunk(dataset, ids, CHUNK_CUSTOMERS, len(chunks)) if len(chunks) > 1 else None
+    workers = max(1, min(len(chunks), workers or os.cpu_count() or 1))
+
+    def score(number: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        part = dataset if rows is None else customer_subset(dataset, chunks[number], rows[number])
+        with threadpool_limits(1, user_api="openmp") if workers > 1 else nullcontext():  # this thread's own limit
+            return model_scores(champions, part, as_of, chunks[number], attributes=customers)
+
+    scores, facts = [], []
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="valuecast-chunk")
+    try:
+        for number, (chunk_scores, chunk_facts) in enumerate(pool.map(score, range(len(chunks))), start=1):
+            scores.append(chunk_scores)
+            facts.append(chunk_facts)
+            progress(number, len(chunks))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error or Ctrl-C: no new chunk starts
     return pd.concat(scores, ignore_index=True), pd.concat(facts, ignore_index=True)
 
 

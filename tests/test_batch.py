@@ -190,3 +190,26 @@ def test_batch_refuses_another_datasets_champions(champion_store: dict[str, str]
     with pytest.raises(NotReadyError, match="champions of dataset 'cdnow_sample' cannot score dataset 'cdnow'"):
         run(load_champions("cdnow_sample"), load_real("cdnow"), tmp_path / "scores")
     assert not (tmp_path / "scores").exists()
+
+
+def test_chunks_scored_side_by_side_give_the_numbers_of_one_pass(
+    champion_store: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of customers on two threads (one OpenMP thread each) against the same chunks one at a
+    time and against the whole sample in one chunk: the same scores and facts, row for row."""
+    from serving import batch
+    from serving.scoring import load_champions
+
+    champions, dataset = load_champions("cdnow_sample"), load_real("cdnow_sample")
+    whole = batch.model_scores_of_dataset(champions, dataset, pd.Timestamp(SERVING_AS_OF))
+    monkeypatch.setattr(batch, "CHUNK_CUSTOMERS", 97)  # uneven chunks: the last is short
+    done: list[int] = []
+    side_by_side = batch.model_scores_of_dataset(
+        champions, dataset, pd.Timestamp(SERVING_AS_OF), lambda number, total: done.append(number), workers=2
+    )
+    one_at_a_time = batch.model_scores_of_dataset(champions, dataset, pd.Timestamp(SERVING_AS_OF), workers=1)
+    assert len(whole[0]) > 10 * 97 and done == list(range(1, len(done) + 1)) and len(done) > 10
+    for got, expected in zip(side_by_side, one_at_a_time, strict=True):  # the same chunks: bit for bit
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    for got, expected in zip(side_by_side, whole, strict=True):  # other chunks: a few CLV values 1 ulp apart
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12, atol=0)
