@@ -10,13 +10,11 @@ import time
 
 from features.config import PROJECT_ROOT
 
-# A stand-in for a test process: starts a long-lived "server" the way the tests do, says its pid, waits.
+# A stand-in for a test process: starts a long-lived "server" as the tests do, says its pid, waits.
 TEST_PROCESS = """
-import subprocess, sys, time
-from tests.conftest import ends_with_this_process
-server = subprocess.Popen(
-    [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True, preexec_fn=ends_with_this_process
-)
+import os, subprocess, sys, time
+from tests.conftest import start_server
+server = start_server([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ), subprocess.DEVNULL)
 print(server.pid, flush=True)
 time.sleep(120)
 """

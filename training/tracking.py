@@ -302,20 +302,20 @@ def log_model(
     import mlflow
     from mlflow.models import ModelSignature, infer_signature
 
-    signature = infer_signature(input_example, params=dict(params) if params else None)
+    inferred = infer_signature(input_example, params=dict(params) if params else None)
+    inputs = inferred.inputs
+    if required_inputs is not None and inputs is not None:
+        # columns outside the required ones may be left out by callers (optional contract columns,
+        # attributes a lead form did not ask): the model treats them as missing
+        from mlflow.types.schema import ColSpec, Schema
+
+        inputs = Schema([ColSpec(c.type, c.name, required=c.name in required_inputs) for c in inputs.inputs])
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values; it matters for inputs, which
         # MLflow enforces, not for outputs (macro_segment_id is -1 without purchases, never missing).
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         outputs = infer_signature(output_example).inputs
-    signature = ModelSignature(signature.inputs, outputs, signature.params)
-    if required_inputs is not None and signature.inputs is not None:
-        # columns outside the required ones may be left out by callers (optional contract columns,
-        # attributes a lead form did not ask): the model treats them as missing
-        from mlflow.types.schema import ColSpec, Schema
-
-        inputs = Schema([ColSpec(c.type, c.name, required=c.name in required_inputs) for c in signature.inputs.inputs])
-        signature = ModelSignature(inputs, signature.outputs, signature.params)
+    signature = ModelSignature(inputs, outputs, inferred.params)
     import tempfile
 
     import joblib
