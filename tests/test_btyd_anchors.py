@@ -118,3 +118,43 @@ def test_compressed_fit_equals_the_row_by_row_fit(calibration: pd.DataFrame) -> 
     compressed = BetaGeoFitter().fit(rows["frequency_days"], rows["recency"], rows["T"], weights=weights)
     for name in ("r", "alpha", "a", "b"):
         assert compressed.params_[name] == pytest.approx(full.params_[name], rel=1e-4)
+
+
+def test_fits_on_two_threads_leave_the_process_stdout_as_it_was() -> None:
+    """lifetimes' printing is captured by swapping sys.stdout, which is the whole process's: a fit
+    ending on one thread while another thread's fit is under way must not leave that fit's capture
+    as everyone's stdout (one fit at a time holds it; here the first fit waits a second for the
+    second to come in, which it cannot, then the second runs)."""
+    import sys
+    import threading
+    import time
+
+    from training.btyd import _try_penalizers
+
+    class Fitted:
+        params_ = pd.Series([1.0, 2.0])
+
+    stdout, second_in = sys.stdout, threading.Event()
+
+    def first_fit(penalizer: float) -> object:
+        second_in.wait(1.0)
+        return Fitted()
+
+    def second_fit(penalizer: float) -> object:
+        second_in.set()
+        first.join(10.0)  # without the lock: the first fit ends (and puts back its stdout) meanwhile
+        return Fitted()
+
+    first = threading.Thread(target=_try_penalizers, args=(first_fit, [0.0], "first"))
+    second = threading.Thread(target=_try_penalizers, args=(second_fit, [0.0], "second"))
+    try:
+        first.start()
+        deadline = time.monotonic() + 10
+        while sys.stdout is stdout and first.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)  # the first fit has swapped stdout: it is under way
+        second.start()
+        first.join(10.0)
+        second.join(10.0)
+        assert sys.stdout is stdout
+    finally:
+        sys.stdout = stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,12 @@ def compress(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame,
     return counts.index.to_frame(index=False), counts.to_numpy()
 
 
+# sys.stdout and the warnings filters are the process's, not a thread's: two fits swapping them at
+# once on two threads leave the process with one fit's captured output as its stdout (seen in a
+# prototype of sweep trials on threads: nothing printed after). One fit at a time holds them.
+_PROCESS_STATE = threading.Lock()
+
+
 def _try_penalizers(
     fit_one: Callable[[float], object],
     penalizers: Sequence[float],
@@ -84,7 +91,7 @@ def _try_penalizers(
         try:
             # lifetimes and autograd warn on every overflow of a trial step, and lifetimes prints scipy's
             # result before raising ConvergenceError; the outcome is checked and reported below
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            with _PROCESS_STATE, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 model = fit_one(penalizer)
         except (ConvergenceError, ValueError, FloatingPointError, ZeroDivisionError, OverflowError) as exc:
