@@ -3,7 +3,7 @@
 The API refuses an object that gives a key twice (a parser keeps one of them silently, and which one
 the sender meant is unknowable). Python's ``json`` checks that through ``object_pairs_hook``, a Python
 call per object: 42 ms for a 1,000-customer request of ~1 MB, against 24 ms for the parse alone
-(docs/benchmarks.md). :func:`keys_proven_unique` scans the bytes once (numba, ~1 ms per MB) and says
+(docs/benchmarks.md). :func:`keys_proven_unique` scans the bytes once (numba, ~4 ms per MB) and says
 True only when every object's keys are plain (no escapes), at most ``MAX_KEYS`` per object, nesting at
 most ``MAX_DEPTH`` deep, and all different within each object. Anything else, including every body
 that does have a repeated key or is not UTF-8 JSON, goes through the hook as before, which words the

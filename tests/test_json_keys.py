@@ -4,14 +4,21 @@ only when no object has a key twice, and it should say so for ordinary bodies.""
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving.json_keys import MAX_DEPTH, MAX_KEYS, keys_proven_unique
 
-KEY_CHARACTERS = 'abcAB_-. é€"\\/:{}[],'  # quotes, backslashes and brackets come out escaped or inside strings
+# keys with quotes, backslashes, brackets and non-ASCII (written escaped or not), values of every kind
+KEYS = st.text(alphabet='abcAB_-. é€"\\/:{}[],', max_size=4)
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
+    max_leaves=40,
+)
 
 
 def repeated_key(body: bytes) -> bool:
@@ -25,16 +32,6 @@ def repeated_key(body: bytes) -> bool:
 
     json.loads(body, object_pairs_hook=pairs)
     return found
-
-
-def document(rng: random.Random, depth: int = 0) -> Any:
-    kind = rng.random()
-    if depth < 4 and kind < 0.35:
-        keys = {"".join(rng.choice(KEY_CHARACTERS) for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(0, 6))}
-        return {key: document(rng, depth + 1) for key in keys}
-    if depth < 4 and kind < 0.55:
-        return [document(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return rng.choice([1, -2.5e-3, "text", 'a "quoted" {value}', "back\\slash", None, True, "ünï"])
 
 
 def with_a_key_twice(value: Any, objects: list[int], chosen: int, ascii_only: bool) -> str:
@@ -63,25 +60,20 @@ def non_empty_objects(value: Any) -> int:
     return 0
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_a_body_proven_has_no_key_twice_and_ordinary_bodies_are_proven(seed: int) -> None:
-    rng = random.Random(seed)
-    proven = plain = injected = 0
-    for _ in range(400):
-        value, ascii_only = document(rng), rng.random() < 0.5
-        text = json.dumps(value, ensure_ascii=ascii_only)
-        body = text.encode()
-        if keys_proven_unique(body):
-            proven += 1
-            assert not repeated_key(body), text
-        if "\\" not in text:  # keys without escapes: an ordinary body must be proven
-            plain += 1
-            assert keys_proven_unique(body), text
-        if objects := non_empty_objects(value):
-            twice = with_a_key_twice(value, [0], rng.randint(1, objects), ascii_only).encode()
-            assert repeated_key(twice) and not keys_proven_unique(twice), twice
-            injected += 1
-    assert proven >= plain > 100 and injected > 100
+@settings(max_examples=400, deadline=None)
+@given(VALUES, st.booleans(), st.data())
+def test_a_body_proven_has_no_key_twice_and_ordinary_bodies_are_proven(
+    value: Any, ascii_only: bool, data: st.DataObject
+) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    body = text.encode()
+    if keys_proven_unique(body):
+        assert not repeated_key(body)
+    if "\\" not in text:  # no escapes anywhere: an ordinary body must be proven, or the scan is useless
+        assert keys_proven_unique(body)
+    if objects := non_empty_objects(value):
+        twice = with_a_key_twice(value, [0], data.draw(st.integers(1, objects)), ascii_only).encode()
+        assert repeated_key(twice) and not keys_proven_unique(twice)
 
 
 @pytest.mark.parametrize(
