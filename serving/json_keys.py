@@ -5,12 +5,16 @@ the sender meant is unknowable). Python's ``json`` checks that through ``object_
 call per object: 42 ms for a 1,000-customer request of ~1 MB, against 24 ms for the parse alone
 (docs/benchmarks.md). :func:`keys_proven_unique` scans the bytes once (numba, ~4 ms per MB) and says
 True only when every object's keys are plain (no escapes), at most ``MAX_KEYS`` per object, nesting at
-most ``MAX_DEPTH`` deep, and all different within each object. Anything else, including every body
-that does have a repeated key or is not UTF-8 JSON, goes through the hook as before, which words the
-error; so the answer to any body is the same with or without this scan.
+most ``MAX_DEPTH`` deep, and all different within each object. :func:`loads` parses a proven body
+without the hook and anything else, including every body that does have a repeated key or is not
+UTF-8 JSON, with it (:func:`unique_keys`); so the answer to any body is the same with or without the
+scan.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import numba
 import numpy as np
@@ -47,7 +51,7 @@ def _scan(body: np.ndarray, max_keys: int, max_depth: int) -> bool:  # pragma: n
                 j += 1
             if j >= n:
                 return False  # unterminated: the parser words the error
-            if depth > 0 and is_object[depth] and expect_key[depth]:
+            if depth > 0 and expect_key[depth]:  # only ever set inside an object
                 expect_key[depth] = False
                 if escaped or key_count[depth] == max_keys:
                     return False
@@ -78,7 +82,7 @@ def _scan(body: np.ndarray, max_keys: int, max_depth: int) -> bool:  # pragma: n
             depth -= 1
             if depth < 0:
                 return False
-        elif c == _COMMA and depth > 0 and is_object[depth]:
+        elif c == _COMMA and depth > 0 and is_object[depth]:  # in an array a comma leads to a value
             expect_key[depth] = True
         i += 1
     return True
@@ -88,3 +92,30 @@ def keys_proven_unique(body: bytes) -> bool:
     """True when no object in ``body`` can have a key twice (see the module docstring); False means
     "not proven", not "repeated"."""
     return bool(_scan(np.frombuffer(body, dtype=np.uint8), MAX_KEYS, MAX_DEPTH))
+
+
+class RepeatedKeyError(ValueError):
+    """An object in a JSON body gives ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the key {key!r} appears twice in one object")
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s ``object_pairs_hook`` that refuses an object with a key twice: a parser keeps one
+    of them silently, and which one the sender meant is unknowable."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        raise RepeatedKeyError(next(key for key, _ in pairs if key in seen or seen.add(key)))  # type: ignore[func-returns-value]
+    return found
+
+
+def loads(body: bytes) -> Any:
+    """``json.loads(body)`` that raises :class:`RepeatedKeyError` for an object with a key twice;
+    other errors are ``json.loads``' own (``ValueError``, ``UnicodeDecodeError``, ``RecursionError``).
+    The usual body is proven by the scan and parsed without a Python call per object."""
+    if keys_proven_unique(body):
+        return json.loads(body)
+    return json.loads(body, object_pairs_hook=unique_keys)

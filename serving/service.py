@@ -42,7 +42,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 import gc
 import hmac
-import json
 import logging
 import re
 import threading
@@ -60,6 +59,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
+from serving import json_keys
 from serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
@@ -86,7 +86,6 @@ from serving.api import (
     transactions_frame,
 )
 from serving.histories import Histories, PlainBody, histories_of, plain_request
-from serving.json_keys import keys_proven_unique
 from serving.scoring import (
     CUSTOMER_FAMILIES,
     LEAD_FAMILIES,
@@ -162,26 +161,6 @@ class TooLargeError(ValueError):
     """A body over ``VALUECAST_MAX_BODY_BYTES``: answered 413 before any of it is parsed."""
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """JSON objects with a key twice are refused: a parser keeps one of them silently, and which one
-    the sender meant is unknowable."""
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise BadRequestError(
-            "an object in the body has a key twice",
-            [
-                {
-                    "path": "(body)",
-                    "value": echo(twice),
-                    "reason": f"the key '{echo(twice)}' appears twice in one object",
-                }
-            ],
-        )
-    return found
-
-
 async def read_json(request: Request) -> Any:
     """The body as JSON, within the size limit: a declared length over it is refused before reading,
     a streamed body as soon as it passes it (nothing over the limit is held in memory)."""
@@ -196,14 +175,14 @@ async def read_json(request: Request) -> Any:
         chunks.append(chunk)
     body = b"".join(chunks)
     try:
-        if keys_proven_unique(body):  # the usual body: the same result without a Python call per object
-            return json.loads(body)
-        return json.loads(body, object_pairs_hook=_unique_keys)
+        return json_keys.loads(body)
+    except json_keys.RepeatedKeyError as exc:
+        twice = echo(exc.key)
+        problem = {"path": "(body)", "value": twice, "reason": f"the key '{twice}' appears twice in one object"}
+        raise BadRequestError("an object in the body has a key twice", [problem]) from None
     except RecursionError:
         raise BadRequestError("the body is nested too deeply to be a request") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, BadRequestError):
-            raise
         raise BadRequestError(f"the body is not valid JSON ({exc})") from exc
 
 
@@ -362,7 +341,7 @@ class ValueService:
 
     def _first_load(self) -> None:
         """Load until the store answers: 1, 2, 4 ... 60 s between tries, /readyz saying why meanwhile."""
-        keys_proven_unique(b"{}")  # numba loads the compiled scan now, not in the first request
+        json_keys.keys_proven_unique(b"{}")  # numba loads the compiled scan now, not in the first request
         delay, tries = 1.0, 1
         while True:
             catalog = self._load()

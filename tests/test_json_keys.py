@@ -1,5 +1,6 @@
 """The byte scan that lets a JSON body skip the per-object duplicate-key hook: it may say "proven"
-only when no object has a key twice, and it should say so for ordinary bodies."""
+only when the hook would find no object with a key twice, and it should say so for ordinary bodies;
+``loads`` answers every body as the hooked parse does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.json_keys import MAX_DEPTH, MAX_KEYS, keys_proven_unique
+from serving.json_keys import MAX_DEPTH, MAX_KEYS, RepeatedKeyError, keys_proven_unique, loads, unique_keys
 
 # keys with quotes, backslashes, brackets and non-ASCII (written escaped or not), values of every kind
 KEYS = st.text(alphabet='abcAB_-. é€"\\/:{}[],', max_size=4)
@@ -21,17 +22,23 @@ VALUES = st.recursive(
 )
 
 
+def hooked(body: bytes) -> Any:
+    """What the API answered before the scan: Python's parser with the duplicate-key hook."""
+    try:
+        return json.loads(body, object_pairs_hook=unique_keys)
+    except RepeatedKeyError as exc:
+        return ("repeated", exc.key)
+
+
 def repeated_key(body: bytes) -> bool:
-    """Whether any object in ``body`` gives a key twice, by Python's own parser."""
-    found = False
+    return isinstance(answer := hooked(body), tuple) and answer[0] == "repeated"
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal found
-        found = found or len({key for key, _ in items}) != len(items)
-        return dict(items)
 
-    json.loads(body, object_pairs_hook=pairs)
-    return found
+def loaded(body: bytes) -> Any:
+    try:
+        return loads(body)
+    except RepeatedKeyError as exc:
+        return ("repeated", exc.key)
 
 
 def with_a_key_twice(value: Any, objects: list[int], chosen: int, ascii_only: bool) -> str:
@@ -69,11 +76,13 @@ def test_a_body_proven_has_no_key_twice_and_ordinary_bodies_are_proven(
     body = text.encode()
     if keys_proven_unique(body):
         assert not repeated_key(body)
+    assert loaded(body) == hooked(body)
     if "\\" not in text:  # no escapes anywhere: an ordinary body must be proven, or the scan is useless
         assert keys_proven_unique(body)
     if objects := non_empty_objects(value):
         twice = with_a_key_twice(value, [0], data.draw(st.integers(1, objects)), ascii_only).encode()
         assert repeated_key(twice) and not keys_proven_unique(twice)
+        assert loaded(twice) == hooked(twice)
 
 
 @pytest.mark.parametrize(
@@ -98,3 +107,12 @@ def test_a_body_proven_has_no_key_twice_and_ordinary_bodies_are_proven(
 )
 def test_cases(body: bytes, proven: bool) -> None:
     assert keys_proven_unique(body) is proven
+
+
+def test_loads_names_the_repeated_key_and_leaves_other_errors_to_json() -> None:
+    with pytest.raises(RepeatedKeyError) as raised:
+        loads(b'{"x": [{"ab": 1, "a\\u0062": 2}]}')
+    assert raised.value.key == "ab"
+    with pytest.raises(json.JSONDecodeError):
+        loads(b'{"a": 1')
+    assert loads('{"é": [1, {"a": null}]}'.encode("utf-16")) == {"é": [1, {"a": None}]}
