@@ -30,6 +30,7 @@ from features.config import (
     config_dir,
     resolve_path,
 )
+from features.quiet import held_warnings
 from features.validate import (
     FIRST_ROWS_SHOWN,
     ROW,
@@ -136,7 +137,7 @@ def _csv_options(table: FileOptions, fmt: str) -> dict[str, Any]:
 
 def _read_text_fast(path: Path, table: FileOptions, fmt: str) -> pd.DataFrame | None:
     """The file through pandas' C parser, or None when some line may have the wrong number of fields."""
-    with warnings.catch_warnings():
+    with held_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)  # a first line longer than the header
         try:
             frame = pd.read_csv(path, encoding=table.encoding, encoding_errors="strict", **_csv_options(table, fmt))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import betaln, expit, gammaln, hyp2f1
 
+from features.quiet import held_warnings
 from training.columns import values_of
 
 DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1)
@@ -72,12 +72,6 @@ def compress(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame,
     return counts.index.to_frame(index=False), counts.to_numpy()
 
 
-# sys.stdout and the warnings filters are the process's, not a thread's: two fits swapping them at
-# once on two threads leave the process with one fit's captured output as its stdout (seen in a
-# prototype of sweep trials on threads: nothing printed after). One fit at a time holds them.
-_PROCESS_STATE = threading.Lock()
-
-
 def _try_penalizers(
     fit_one: Callable[[float], object],
     penalizers: Sequence[float],
@@ -91,7 +85,9 @@ def _try_penalizers(
         try:
             # lifetimes and autograd warn on every overflow of a trial step, and lifetimes prints scipy's
             # result before raising ConvergenceError; the outcome is checked and reported below
-            with _PROCESS_STATE, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            # sys.stdout is the process's too: held with the filters (two fits on two threads left
+            # one fit's captured output as the process's stdout before)
+            with held_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 model = fit_one(penalizer)
         except (ConvergenceError, ValueError, FloatingPointError, ZeroDivisionError, OverflowError) as exc:
@@ -163,7 +159,7 @@ def _fit_bgnbd(
     def finite_outputs(model: object) -> str | None:
         """A fit whose parameters look fine can still give infinite or undefined expectations for
         the customers it was fitted on (e.g. a tiny shop where nobody repeats): not usable."""
-        with np.errstate(all="ignore"), warnings.catch_warnings():
+        with np.errstate(all="ignore"), held_warnings():
             warnings.simplefilter("ignore")
             args = (rows["frequency"].to_numpy(), rows["recency"].to_numpy(), rows["T"].to_numpy())
             expected = model.conditional_expected_number_of_purchases_up_to_time(1.0, *args)  # type: ignore[attr-defined]

@@ -101,14 +101,13 @@ class ClipToRange(BaseEstimator, TransformerMixin):
     """Each column clipped to the range it had on the training rows (missing values stay missing)."""
 
     def fit(self, x: Any, y: Any = None) -> ClipToRange:
-        import warnings
-
         values = np.asarray(x, dtype=float)
         finite = np.where(np.isfinite(values), values, np.nan)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column: no range, no clipping
-            self.low_ = np.nan_to_num(np.nanmin(finite, axis=0), nan=-np.inf)
-            self.high_ = np.nan_to_num(np.nanmax(finite, axis=0), nan=np.inf)
+        ranged = ~np.isnan(finite).all(axis=0)  # an all-missing column: no range, no clipping
+        self.low_ = np.full(values.shape[1], -np.inf)
+        self.high_ = np.full(values.shape[1], np.inf)
+        self.low_[ranged] = np.nanmin(finite[:, ranged], axis=0)
+        self.high_[ranged] = np.nanmax(finite[:, ranged], axis=0)
         self.n_features_in_ = values.shape[1]
         return self
 

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from features.quiet import held_warnings
+
 # Quality rating from ROC AUC, in the bands marketing tools commonly show for lead and churn scores.
 QUALITY_BANDS = ((0.6, "poor"), (0.7, "fair"), (0.8, "good"), (float("inf"), "excellent"))
 
@@ -285,7 +287,7 @@ def sklift_quietly() -> Iterator[None]:
     """scikit-uplift 0.5.1 calls scikit-learn's ``stable_cumsum``, deprecated in 1.8 (removed in 1.10):
     one FutureWarning per call would bury the run's own messages. The Qini tests fail loudly the day
     it is gone."""
-    with warnings.catch_warnings():
+    with held_warnings():
         warnings.filterwarnings("ignore", message=".*stable_cumsum", category=FutureWarning)
         yield
 

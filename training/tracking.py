@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from features.config import PROJECT_ROOT
+from features.quiet import held_warnings
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -310,7 +311,7 @@ def log_model(
         from mlflow.types.schema import ColSpec, Schema
 
         inputs = Schema([ColSpec(c.type, c.name, required=c.name in required_inputs) for c in inputs.inputs])
-    with warnings.catch_warnings():
+    with held_warnings():
         # MLflow hints that integer columns cannot hold missing values; it matters for inputs, which
         # MLflow enforces, not for outputs (macro_segment_id is -1 without purchases, never missing).
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")

@@ -483,15 +483,12 @@ def choose_all(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from training.evaluation import sklift_quietly
-
     pairs = [(arm, outcome) for arm in data.arms for outcome in data.outcomes]
     workers = min(len(pairs), workers or min(os.cpu_count() or 1, 8))
     if workers < 2:
         return {(arm, outcome): choose_for(data, arm, outcome, config) for arm, outcome in pairs}
-    # The warning filters are process-wide: the pairs' own catch_warnings blocks nest out of order
-    # across threads, so this one restores the filters once they are all done.
-    with sklift_quietly(), ThreadPoolExecutor(workers, thread_name_prefix="uplift") as pool:
+    # the pairs' blocks that quieten warnings hold the process's filters one at a time (features.quiet)
+    with ThreadPoolExecutor(workers, thread_name_prefix="uplift") as pool:
         chosen = list(pool.map(lambda pair: choose_for(data, pair[0], pair[1], config), pairs))
     return dict(zip(pairs, chosen, strict=True))
 
