@@ -20,6 +20,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
+import numba
 import numpy as np
 from pydantic import ValidationError
 
@@ -41,12 +42,12 @@ MICROSECOND = timedelta(microseconds=1)
 # lengths they come in: a day, minutes, seconds, seconds with 1-6 decimals.
 ISO_TEMPLATE = "dddd-dd-ddTdd:dd:dd.dddddd"
 ISO_LENGTHS = (10, 16, 19, 21, 22, 23, 24, 25, 26)
-# The template per position, for checking every character of every stamp at once: digits, the
-# date-time separator ("T" or a blank), and the literal characters.
-_ISO_CODES = np.array([ord(kind) for kind in ISO_TEMPLATE], dtype=np.uint32)
-_ISO_DIGIT = np.array([kind == "d" for kind in ISO_TEMPLATE])
-_ISO_SEPARATOR = np.array([kind == "T" for kind in ISO_TEMPLATE])
+# The template per position for the compiled check: 0 a digit, 1 the date-time separator ("T" or a
+# blank), otherwise the literal character's code. The parse reads the fields at these positions.
+_ISO_KINDS = np.array([{"d": 0, "T": 1}.get(kind, ord(kind)) for kind in ISO_TEMPLATE], dtype=np.int64)
 _ISO_LENGTH_OK = np.isin(np.arange(len(ISO_TEMPLATE) + 1), ISO_LENGTHS)
+_EARLIEST_US = int(np.datetime64(EARLIEST, "us").astype(np.int64))
+_LATEST_US = int(np.datetime64(LATEST, "us").astype(np.int64))
 
 
 @dataclass
@@ -180,7 +181,9 @@ def plain_request(body: Any) -> tuple[ScoreRequest, PlainBody] | None:
 def iso_times(stamps: list[Any]) -> np.ndarray | None:
     """Naive ISO 8601 texts (``1998-01-05``, ``1998-01-05T10:30``, seconds, up to 6 decimals; "T"
     or a blank) as int64 nanoseconds, if every one is such a text of a real moment within the API's
-    date range; otherwise None."""
+    date range; otherwise None. What numpy's ``datetime64[us]`` reads from these forms, in one
+    compiled pass over the characters (a 1,000-customer request's 20,000 stamps: ~13 ms as numpy
+    checks and parses -> 4-6 ms, most of it making the text array; docs/benchmarks.md)."""
     if not set(map(type, stamps)) <= {str}:
         return None
     if not stamps:
@@ -191,23 +194,63 @@ def iso_times(stamps: list[Any]) -> np.ndarray | None:
     # numpy drops trailing NULs from fixed-width text: the lengths must be Python's too
     if width > len(ISO_TEMPLATE) or int(lengths.sum()) != sum(map(len, stamps)):
         return None
+    out = np.empty(len(stamps), dtype=np.int64)
     chars = text.view(np.uint32).reshape(len(stamps), width)
-    digit, separator = _ISO_DIGIT[:width], _ISO_SEPARATOR[:width]
-    fits = np.where(
-        digit,
-        (chars >= ord("0")) & (chars <= ord("9")),
-        np.where(separator, (chars == ord("T")) | (chars == ord(" ")), chars == _ISO_CODES[:width]),
-    )
-    past_the_end = lengths[:, None] <= np.arange(width)
-    if not (_ISO_LENGTH_OK[lengths].all() and (fits | past_the_end).all()):
+    if not _iso_microseconds(chars, lengths, _ISO_KINDS, _ISO_LENGTH_OK, _EARLIEST_US, _LATEST_US, out):
         return None
-    try:  # numpy refuses what is no moment (1998-02-30, 24:00, a 60th second)
-        values = np.array(stamps, dtype="datetime64[us]")  # from the list: 5x faster than from ``text``
-    except ValueError:
-        return None
-    if values.min() < np.datetime64(EARLIEST, "us") or values.max() > np.datetime64(LATEST, "us"):
-        return None
-    return values.astype(np.int64) * 1000
+    return out * 1000
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _digits(row: np.ndarray, start: int, end: int) -> int:  # pragma: no cover - compiled
+    value = 0
+    for k in range(start, end):
+        value = value * 10 + (row[k] - 48)
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _iso_microseconds(  # pragma: no cover - compiled
+    chars: np.ndarray,
+    lengths: np.ndarray,
+    kinds: np.ndarray,
+    length_ok: np.ndarray,
+    earliest: int,
+    latest: int,
+    out: np.ndarray,
+) -> bool:
+    """Each row of ``chars`` (UTF-32 code points, ``lengths`` used) as microseconds since 1970 into
+    ``out``; False at the first that does not fit the template (``kinds``, ``length_ok``), is no real
+    moment (1998-02-30, 24:00, a 60th second) or lies outside ``earliest``..``latest``."""
+    for r in range(chars.shape[0]):
+        row, n = chars[r], lengths[r]
+        if not length_ok[n]:
+            return False
+        for k in range(n):
+            c, kind = row[k], kinds[k]
+            if not (48 <= c <= 57 if kind == 0 else (c == 84 or c == 32) if kind == 1 else c == kind):
+                return False
+        year, month, day = _digits(row, 0, 4), _digits(row, 5, 7), _digits(row, 8, 10)
+        hour = _digits(row, 11, 13) if n > 10 else 0
+        minute = _digits(row, 14, 16) if n > 10 else 0
+        second = _digits(row, 17, 19) if n > 16 else 0
+        fraction = _digits(row, 20, n) * 10 ** (26 - n) if n > 20 else 0
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        month_days = 29 if month == 2 and leap else (28 if month == 2 else (30 if month in (4, 6, 9, 11) else 31))
+        if not (1 <= month <= 12 and 1 <= day <= month_days and hour <= 23 and minute <= 59 and second <= 59):
+            return False
+        # days since 1970-01-01 of a proleptic Gregorian date (Hinnant's days_from_civil)
+        y = year - 1 if month <= 2 else year
+        era = y // 400
+        of_era = y - era * 400
+        of_year = (153 * (month + 9 if month <= 2 else month - 3) + 2) // 5 + day - 1
+        days = era * 146097 + of_era * 365 + of_era // 4 - of_era // 100 + of_year - 719468
+        value = ((days * 24 + hour) * 60 + minute) * 60 + second
+        value = value * 1_000_000 + fraction
+        if value < earliest or value > latest:
+            return False
+        out[r] = value
+    return True
 
 
 def numbers(values: list[Any]) -> np.ndarray | None:

@@ -85,7 +85,7 @@ from serving.api import (
     transaction_problems,
     transactions_frame,
 )
-from serving.histories import Histories, PlainBody, histories_of, plain_request
+from serving.histories import Histories, PlainBody, histories_of, iso_times, plain_request
 from serving.scoring import (
     CUSTOMER_FAMILIES,
     LEAD_FAMILIES,
@@ -341,7 +341,9 @@ class ValueService:
 
     def _first_load(self) -> None:
         """Load until the store answers: 1, 2, 4 ... 60 s between tries, /readyz saying why meanwhile."""
-        json_keys.keys_proven_unique(b"{}")  # numba loads the compiled scan now, not in the first request
+        # numba loads the compiled body scan and stamp reading now, not in the first request
+        json_keys.keys_proven_unique(b"{}")
+        iso_times(["1998-01-05"])
         delay, tries = 1.0, 1
         while True:
             catalog = self._load()

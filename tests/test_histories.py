@@ -5,14 +5,17 @@ to the full validation (None), which reports the problem with its path."""
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from serving.api import ScoreRequest
-from serving.histories import Histories, histories_of, plain_request
+from serving.api import EARLIEST, LATEST, ScoreRequest
+from serving.histories import Histories, histories_of, iso_times, plain_request
 
 
 def body_of(*rows: dict[str, Any], **customer: Any) -> dict[str, Any]:
@@ -134,3 +137,58 @@ def test_categories_that_are_all_missing_value_markers_are_no_categories() -> No
     with_marker = read[1].purchases.histories(read[0], set(), [])  # not a marker there: a category
     assert with_marker is not None and with_marker.category_names is not None
     assert list(with_marker.category_names) == ["NA", "(none)"]
+
+
+ISO_FORM = re.compile(r"\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d{1,6})?)?)?", re.ASCII)
+
+
+def numpy_reading(stamps: list[str]) -> np.ndarray | None:
+    """The reference: numpy's ``datetime64[us]`` reading of stamps in the accepted forms, within the
+    API's range, as nanoseconds."""
+    if not all(ISO_FORM.fullmatch(s) for s in stamps):
+        return None
+    try:
+        values = np.array(stamps, dtype="datetime64[us]")
+    except ValueError:
+        return None
+    if values.min() < np.datetime64(EARLIEST, "us") or values.max() > np.datetime64(LATEST, "us"):
+        return None
+    return values.astype(np.int64) * 1000
+
+
+@st.composite
+def stamps(draw: st.DrawFn) -> str:
+    """Dates and times near every edge: month 0 and 13, day 0 and 32, 29 February in leap and other
+    years, hour 24, a 60th minute and second, 1-7 decimals, the range's ends; sometimes a character
+    replaced or the text cut short."""
+    year = draw(st.sampled_from([1899, 1900, 1970, 1998, 2000, 2024, 2100, 2101]) | st.integers(1000, 9999))
+    month = draw(st.sampled_from([0, 1, 2, 12, 13]) | st.integers(1, 12))
+    day = draw(st.sampled_from([0, 1, 28, 29, 30, 31, 32]) | st.integers(1, 31))
+    text = f"{year:04d}-{month:02d}-{day:02d}"
+    parts = draw(st.integers(0, 3))
+    if parts >= 1:
+        hour, minute = draw(st.sampled_from([0, 23, 24]) | st.integers(0, 23)), draw(st.sampled_from([0, 59, 60]))
+        text += draw(st.sampled_from("T ")) + f"{hour:02d}:{minute:02d}"
+    if parts >= 2:
+        text += f":{draw(st.sampled_from([0, 59, 60]) | st.integers(0, 59)):02d}"
+    if parts >= 3:
+        text += "." + draw(st.text(alphabet="0123456789", min_size=1, max_size=7))
+    if draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()):
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.sampled_from("x-:T .Z+0\x00é")) + text[at + 1 :]
+    if draw(st.integers(0, 15)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    return text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(stamps(), min_size=1, max_size=3))
+@example(["1998-02-29"]).via("no 29 February outside leap years")
+@example(["2000-02-29"]).via("a century that is a leap year")
+@example(["1900-02-29"]).via("a century that is not")
+@example(["1998-11-31", "1998-04-30 23:59:59.999999"]).via("30-day months")
+def test_the_compiled_stamp_reading_is_numpys(texts: list[str]) -> None:
+    got, expected = iso_times(texts), numpy_reading(texts)
+    assert (got is None) == (expected is None)
+    if got is not None:
+        np.testing.assert_array_equal(got, expected)
