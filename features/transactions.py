@@ -140,6 +140,35 @@ def _add_to_period(
     return count, first, last, first_sum
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _welford(n: int, mean: float, m2: float, x: float) -> tuple[int, float, float]:
+    """Welford's running count, mean and sum of squared deviations, with one more value ``x``."""
+    n += 1
+    delta = x - mean
+    mean += delta / n
+    m2 += delta * (x - mean)
+    return n, mean, m2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_in_windows(totals: np.ndarray, c: int, day: int, as_of_day: int, windows: np.ndarray, value: float) -> None:
+    """Add ``value`` to customer ``c``'s total of every window (days before ``as_of_day``) holding ``day``."""
+    for w in range(windows.shape[0]):
+        if day >= as_of_day - windows[w]:
+            totals[c, w] += value
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _write_btyd(
+    row: np.ndarray, at: int, count: int, first: int, last: int, first_sum: float, total: float, end: int
+) -> None:
+    """lifetimes' frequency, recency, T and monetary value (periods of days or weeks) into ``row[at:at+4]``."""
+    row[at] = count - 1
+    row[at + 1] = last - first
+    row[at + 2] = end - first
+    row[at + 3] = (total - first_sum) / (count - 1) if count > 1 else 0.0
+
+
 @numba.njit(cache=True, nogil=True)
 def _customer_kernel(
     code: np.ndarray,
@@ -165,22 +194,11 @@ def _customer_kernel(
     i = 0
     while i < m:
         c = code[i]
-        n_days = 0
-        last_day = -(1 << 62)
-        first_day = 0
-        first_day_sum = 0.0
-        n_weeks = 0
-        last_week = -(1 << 62)
-        first_week = 0
-        first_week_sum = 0.0
-        total = 0.0
-        n_orders = 0
-        last_order_ts = 0
-        gap_n = 0
-        gap_mean = 0.0
-        gap_m2 = 0.0
-        recent = 0.0
-        earlier = 0.0
+        n_days, first_day, last_day, first_day_sum = 0, 0, -(1 << 62), 0.0
+        n_weeks, first_week, last_week, first_week_sum = 0, 0, -(1 << 62), 0.0
+        total, recent, earlier = 0.0, 0.0, 0.0
+        n_orders, last_order_ts = 0, 0
+        gap_n, gap_mean, gap_m2 = 0, 0.0, 0.0  # the days between orders
         j = i
         while j < m and code[j] == c:
             a = amount[j]
@@ -196,19 +214,10 @@ def _customer_kernel(
             if j == i or order_key[j] != order_key[j - 1]:
                 n_orders += 1
                 if n_orders > 1:
-                    # Welford's running mean and variance of the days between orders.
-                    gap = (ts[j] - last_order_ts) / NS_PER_DAY
-                    gap_n += 1
-                    delta = gap - gap_mean
-                    gap_mean += delta / gap_n
-                    gap_m2 += delta * (gap - gap_mean)
+                    gap_n, gap_mean, gap_m2 = _welford(gap_n, gap_mean, gap_m2, (ts[j] - last_order_ts) / NS_PER_DAY)
                 last_order_ts = ts[j]
-                for w in range(windows.shape[0]):
-                    if day >= as_of_day - windows[w]:
-                        window_orders[c, w] += 1.0
-            for w in range(windows.shape[0]):
-                if day >= as_of_day - windows[w]:
-                    window_spend[c, w] += a
+                _add_in_windows(window_orders, c, day, as_of_day, windows, 1.0)
+            _add_in_windows(window_spend, c, day, as_of_day, windows, a)
             if day >= as_of_day - 90:
                 recent += a
             elif day >= as_of_day - 180:
@@ -217,14 +226,8 @@ def _customer_kernel(
                 category_spend[c, category[j]] += a
             j += 1
         row = out[c]
-        row[0] = n_days - 1
-        row[1] = last_day - first_day
-        row[2] = end_day - first_day
-        row[3] = (total - first_day_sum) / (n_days - 1) if n_days > 1 else 0.0
-        row[4] = n_weeks - 1
-        row[5] = last_week - first_week
-        row[6] = end_week - first_week
-        row[7] = (total - first_week_sum) / (n_weeks - 1) if n_weeks > 1 else 0.0
+        _write_btyd(row, 0, n_days, first_day, last_day, first_day_sum, total, end_day)
+        _write_btyd(row, 4, n_weeks, first_week, last_week, first_week_sum, total, end_week)
         row[8] = n_orders
         row[9] = total
         row[10] = gap_mean if gap_n > 0 else np.nan
@@ -309,14 +312,9 @@ def feature_arrays(
     if order_codes is not None:
         order_key = order_codes[purchase][order].astype(np.int64)
 
-    chosen: list[str] = list(categories) if categories is not None else []
-    category = np.full(len(purchase_code), -1, dtype=np.int32)
-    if category_codes is not None and category_names is not None:
-        purchase_categories = category_codes[purchase]
-        if categories is None:
-            chosen = _top_categories(purchase_categories, amount[purchase], category_names, top_k)
-        category = _category_positions(category_names, chosen)[purchase_categories[order]]
-
+    chosen, category = _category_columns(
+        category_codes, category_names, purchase, order, amount[purchase], categories=categories, top_k=top_k
+    )
     windows = np.asarray(windows_days, dtype=np.int64)
     out = np.zeros((n, len(SUMMARY_COLUMNS)))
     window_spend = np.zeros((n, len(windows)))
@@ -341,11 +339,37 @@ def feature_arrays(
         window_columns[f"spend_last_{window}d"] = window_spend[:, position]
         window_columns[f"orders_last_{window}d"] = window_orders[:, position]
     features = _summary_features(summary, window_columns, int(as_of_day), first_seen_day, refund_amount)
-    total_spend = summary["total_spend"]
+    return features | _category_shares(chosen, category_spend, summary["total_spend"])
+
+
+def _category_columns(
+    category_codes: np.ndarray | None,
+    category_names: np.ndarray | None,
+    purchase: np.ndarray,
+    order: np.ndarray,
+    purchase_amount: np.ndarray,
+    *,
+    categories: Sequence[str] | None,
+    top_k: int,
+) -> tuple[list[str], np.ndarray]:
+    """The category-share columns (``categories``, or the ``top_k`` by purchase spend) and, for each
+    purchase in ``order``, its position among them or -1 (no category, or one without a column)."""
+    chosen: list[str] = list(categories) if categories is not None else []
+    if category_codes is None or category_names is None:
+        return chosen, np.full(len(order), -1, dtype=np.int32)
+    purchase_categories = category_codes[purchase]
+    if categories is None:
+        chosen = _top_categories(purchase_categories, purchase_amount, category_names, top_k)
+    return chosen, _category_positions(category_names, chosen)[purchase_categories[order]]
+
+
+def _category_shares(chosen: list[str], category_spend: np.ndarray, total_spend: np.ndarray) -> dict[str, np.ndarray]:
+    """Each chosen category's share of a customer's purchase spend (0 without spend)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        for position, name in enumerate(chosen):
-            features[category_column(name)] = np.where(total_spend > 0, category_spend[:, position] / total_spend, 0.0)
-    return features
+        return {
+            category_column(name): np.where(total_spend > 0, category_spend[:, position] / total_spend, 0.0)
+            for position, name in enumerate(chosen)
+        }
 
 
 def _refund_totals(

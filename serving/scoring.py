@@ -754,21 +754,9 @@ def score_histories(
     clv_model = champions.models["clv"].model
     before = ts < as_of.value
     code, ts, amount = code[before], ts[before], amount[before]
-    settings = clv_model.dataset_config.features
-    built = feature_arrays(
-        code,
-        n,
-        ts,
-        amount,
-        as_of,
-        windows_days=settings.windows_days,
-        categories=clv_model.categories,
-        category_codes=category[0][before] if category is not None else None,
-        category_names=category[1] if category is not None else None,
-    )
-    new = np.bincount(code, minlength=n) == 0
-    if new.any():
-        built = {c: np.where(new, new_customer_value(c), v) for c, v in built.items()}
+    if category is not None:
+        category = (category[0][before], category[1])
+    built = _history_features(clv_model, n, code, ts, amount, as_of, category)
     clv_features = clv_model.add_btyd(built)
     churn_features = champions.models["churn"].model.add_btyd(built)
     propensity_features = champions.models["propensity"].model.add_btyd(built)
@@ -786,3 +774,31 @@ def score_histories(
     segments = assign_columns({**scores, **facts}, frozen)
     stamps = {k: np.full(n, v, dtype=object) for k, v in _stamps(champions, frozen, as_of).items()}
     return {"customer_id": np.asarray(ids, dtype=object), **scores, **segments, **stamps}
+
+
+def _history_features(
+    clv_model: CustomerModel,
+    n: int,
+    code: np.ndarray,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    as_of: pd.Timestamp,
+    category: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """The features of :func:`score_histories`' customers from their rows before ``as_of``, with the
+    champions' settings; a customer without rows gets a new customer's values."""
+    built = feature_arrays(
+        code,
+        n,
+        ts,
+        amount,
+        as_of,
+        windows_days=clv_model.dataset_config.features.windows_days,
+        categories=clv_model.categories,
+        category_codes=category[0] if category is not None else None,
+        category_names=category[1] if category is not None else None,
+    )
+    new = np.bincount(code, minlength=n) == 0
+    if new.any():
+        built = {c: np.where(new, new_customer_value(c), v) for c, v in built.items()}
+    return built
