@@ -43,7 +43,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 import gc
 import hmac
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,12 +53,12 @@ from typing import Any, cast
 import bentoml
 import pandas as pd
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.config import PROJECT_ROOT, TRANSACTION_OPTIONAL, TRANSACTION_REQUIRED
-from serving import json_keys
+from serving import json_keys, metrics
 from serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
@@ -238,20 +237,6 @@ class OriginGuard:
         await self.app(scope, receive, send)
 
 
-_METRIC_LINE = re.compile(r'endpoint="([^"]*)"')
-
-
-def known_routes_only(metrics: str) -> str:
-    """BentoML's /metrics labels each series with the path requested, so every unknown path anyone
-    asks for would add series: only the API's own routes are shown."""
-    kept = []
-    for line in metrics.splitlines():
-        found = _METRIC_LINE.search(line)
-        if found is None or found.group(1) in ROUTES:
-            kept.append(line)
-    return "\n".join(kept) + "\n"
-
-
 def api_key() -> str | None:
     """``VALUECAST_API_KEY``: unset means no authentication (for a server on 127.0.0.1); set but empty
     or blank stops the start, since that is a mistake that would silently switch authentication off."""
@@ -324,7 +309,8 @@ def _stamp() -> float:
         return 0.0
 
 
-@bentoml.service(name="valuecast", workers=WORKERS, traffic={"timeout": 120})
+# BentoML's traffic metrics are off: they label series with the path as requested (serving/metrics.py)
+@bentoml.service(name="valuecast", workers=WORKERS, traffic={"timeout": 120}, metrics={"enabled": False})
 @bentoml.asgi_app(app, path="/")
 class ValueService:
     """Holds the loaded champions; a reload swaps the whole set at once."""
@@ -377,9 +363,6 @@ class ValueService:
 
     def __is_ready__(self) -> bool:
         return self.catalog.ready
-
-    def __metrics__(self, content: str) -> str:
-        return known_routes_only(content)
 
     def _current(self) -> Catalog:
         """The loaded set; when another worker reloaded (stamp newer), reload here first."""
@@ -705,6 +688,13 @@ def _uplift_or_422(champions: Champions, parsed: ScoreRequest, work: Callable[[]
         raise BadRequestError("some attributes cannot be used for uplift scoring", problems) from exc
 
 
+@app.get("/metrics", include_in_schema=False)
+async def _metrics() -> Response:
+    """Prometheus' text format: requests per route and status, their durations, those in progress."""
+    content, media_type = metrics.exposition()
+    return Response(content, media_type=media_type)
+
+
 @app.api_route(
     "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], include_in_schema=False
 )
@@ -737,5 +727,7 @@ def _readiness(catalog: Catalog) -> dict[str, Any]:
     }
 
 
-cast(Any, ValueService).add_asgi_middleware(ReadinessRoute)  # the decorator's type hides the method
+# the decorator's type hides the method; the first added is the outermost
+cast(Any, ValueService).add_asgi_middleware(metrics.RouteMetrics, routes=ROUTES)
+cast(Any, ValueService).add_asgi_middleware(ReadinessRoute)
 cast(Any, ValueService).add_asgi_middleware(OriginGuard)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from features.config import PROJECT_ROOT
+from serving.service import ROUTES
 
 from .conftest import free_port, running_server, start_server
 
@@ -141,12 +143,34 @@ def test_finding_7_an_empty_key_stops_the_start(champion_store: dict[str, str]) 
     assert "VALUECAST_API_KEY is set but empty" in done.stdout + done.stderr
 
 
+def _request_series(server: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """/metrics' request counters: each series' labels and its count (summed over the workers)."""
+    families = text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in families
+        if family.name == "bentoml_service_request"
+        for sample in family.samples
+        if sample.name == "bentoml_service_request_total"
+    }
+
+
 def test_finding_7_metrics_label_only_known_routes(server: str) -> None:
-    for n in range(20):
-        httpx.get(f"{server}/probe-{n}")
+    """Made-up paths neither show in /metrics nor add series anywhere: they count under ``other``,
+    and both workers' counts are added up."""
+    httpx.get(f"{server}/healthz")
+    httpx.get(f"{server}/probe-warm-up")
+    before = _request_series(server)
+    for n in range(40):
+        httpx.get(f"{server}/probe-{n}", params={"q": n})
     metrics = httpx.get(f"{server}/metrics").text
+    after = _request_series(server)
     assert "probe-" not in metrics
-    assert 'endpoint="/healthz"' in metrics
+    assert set(after) == set(before)  # not one series more
+    other = (("endpoint", "other"), ("http_response_code", "404"), ("service_name", "valuecast"))
+    assert after[other] - before[other] == 40
+    assert {dict(labels)["endpoint"] for labels in after} <= {*ROUTES, "other"}
+    assert (("endpoint", "/healthz"), ("http_response_code", "200"), ("service_name", "valuecast")) in after
 
 
 def test_unknown_paths_and_methods_answer_json(server: str) -> None:
