@@ -1,0 +1,67 @@
+"""serving/metrics.py in one process: requests count under their route or ``other``, and the README's
+/metrics example uses the names and labels the API writes. (Across workers, against the real
+server: tests/test_api_contract.py, finding 7.)"""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from serving import metrics
+
+from .test_readme_examples import blocks, section
+
+
+def _ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def _app() -> TestClient:
+    app = Starlette(routes=[Route("/score", _ok, methods=["POST"])])
+    return TestClient(metrics.RouteMetrics(app, routes=("/score",)))
+
+
+def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.exposition()[0].decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _count(samples: dict, endpoint: str, code: str) -> float:
+    labels = (("endpoint", endpoint), ("http_response_code", code), ("service_name", "valuecast"))
+    return samples.get(("bentoml_service_request_total", labels), 0.0)
+
+
+def test_requests_count_under_their_route_and_made_up_paths_under_other() -> None:
+    client = _app()
+    before = _samples()
+    client.post("/score")
+    client.get("/score")  # 405: a route, another status
+    for n in range(3):
+        client.get(f"/made-up-{n}")
+    after = _samples()
+    assert _count(after, "/score", "200") - _count(before, "/score", "200") == 1
+    assert _count(after, "/score", "405") - _count(before, "/score", "405") == 1
+    assert _count(after, "other", "404") - _count(before, "other", "404") == 3
+    assert not any("made-up" in value for _, labels in after for _, value in labels)
+    in_progress = ("bentoml_service_request_in_progress", (("endpoint", "/score"), ("service_name", "valuecast")))
+    assert after[in_progress] == 0
+
+
+def test_the_readme_metrics_example_uses_the_names_and_labels_the_api_writes() -> None:
+    client = _app()
+    client.post("/score")
+    client.get("/made-up")
+    written = {(name, tuple(key for key, _ in labels)) for name, labels in _samples()}
+    (example,) = blocks(section("### Every endpoint, by example"), "text")
+    shown = {
+        (s.name, tuple(sorted(s.labels))) for family in text_string_to_metric_families(example) for s in family.samples
+    }
+    assert shown and shown <= written, shown - written
