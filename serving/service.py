@@ -13,7 +13,8 @@ dataset at once: a request names its dataset in the field ``dataset`` (default:
   (a dataset scored by uplift alone takes each customer's attributes, no transactions).
 - ``POST /score_leads``: leads -> probability, 0-100 score, tier and reasons.
 - ``GET /healthz`` (process up, BentoML's own), ``GET /readyz`` (200 when at least one dataset can
-  answer; the body gives each dataset's state), ``GET /models``.
+  answer; the body gives each dataset's state), ``GET /models``, ``GET /metrics`` (Prometheus, per
+  route: :mod:`serving.metrics`).
 - ``POST /reload``: load the current champions and switch to them; requests under way finish on the
   models they started with. Other workers notice a reload through a stamp file and switch on their
   next request.

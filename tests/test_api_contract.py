@@ -157,7 +157,7 @@ def _request_series(server: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 def test_finding_7_metrics_label_only_known_routes(server: str) -> None:
     """Made-up paths neither show in /metrics nor add series anywhere: they count under ``other``,
-    and both workers' counts are added up."""
+    each once, whichever of the two workers answered it (the answer adds up the workers' stores)."""
     httpx.get(f"{server}/healthz")
     httpx.get(f"{server}/probe-warm-up")
     before = _request_series(server)
