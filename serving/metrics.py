@@ -17,6 +17,7 @@ worker writes its values to ``PROMETHEUS_MULTIPROC_DIR`` (BentoML sets it for it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -60,7 +61,8 @@ IN_PROGRESS = Gauge(
 
 
 class RouteMetrics:
-    """ASGI middleware counting each HTTP request under its route (one of ``routes``) or ``other``.
+    """ASGI middleware counting each HTTP request under its route (one of ``routes``) or ``other``,
+    with the status it was answered with (504 when BentoML's timeout cancelled it before any answer).
     ``GET /metrics`` itself is not counted, as in BentoML."""
 
     def __init__(self, app: Any, routes: tuple[str, ...]) -> None:
@@ -76,17 +78,26 @@ class RouteMetrics:
         started = time.perf_counter()
         status = 0
 
+        def count(code: str) -> None:
+            REQUESTS.labels(route, code, SERVICE).inc()
+            DURATION.labels(route, code, SERVICE).observe(time.perf_counter() - started)
+
         async def counted(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                REQUESTS.labels(route, str(status), SERVICE).inc()
-                DURATION.labels(route, str(status), SERVICE).observe(time.perf_counter() - started)
+                count(str(status))
             await send(message)
 
-        with IN_PROGRESS.labels(route, SERVICE).track_inprogress():
-            await self.app(scope, receive, counted)
+        try:
+            with IN_PROGRESS.labels(route, SERVICE).track_inprogress():
+                await self.app(scope, receive, counted)
+        except asyncio.CancelledError:
+            # BentoML's timeout (outside this middleware) cancels a request it gives up on and answers 504
+            if status == 0:
+                count("504")
+            raise
 
 
 def exposition() -> tuple[bytes, str]:

@@ -68,3 +68,26 @@ def test_the_readme_metrics_example_uses_the_names_and_labels_the_api_writes() -
         (s.name, tuple(sorted(s.labels))) for family in text_string_to_metric_families(example) for s in family.samples
     }
     assert shown and shown <= written, shown - written
+
+
+def test_a_request_bentomls_timeout_cancels_counts_as_504() -> None:
+    """BentoML's timeout middleware sits outside ours: it cancels the request and answers 504 itself."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    async def slow(request: Request) -> PlainTextResponse:
+        await asyncio.sleep(5)
+        return PlainTextResponse("late")
+
+    inner = metrics.RouteMetrics(Starlette(routes=[Route("/score", slow, methods=["POST"])]), routes=("/score",))
+    app = TimeoutMiddleware(inner, timeout=0.05)
+
+    async def ask() -> int:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return (await client.post("/score")).status_code
+
+    before = _samples()
+    assert asyncio.run(ask()) == 504
+    after = _samples()
+    assert _count(after, "/score", "504") - _count(before, "/score", "504") == 1
+    in_progress = ("bentoml_service_request_in_progress", (("endpoint", "/score"), ("service_name", "valuecast")))
+    assert after[in_progress] == 0
