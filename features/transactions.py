@@ -313,7 +313,7 @@ def feature_arrays(
         order_key = order_codes[purchase][order].astype(np.int64)
 
     chosen, category = _category_columns(
-        category_codes, category_names, purchase, order, amount[purchase], categories=categories, top_k=top_k
+        category_codes, category_names, purchase, order, amount, categories=categories, top_k=top_k
     )
     windows = np.asarray(windows_days, dtype=np.int64)
     out = np.zeros((n, len(SUMMARY_COLUMNS)))
@@ -347,19 +347,20 @@ def _category_columns(
     category_names: np.ndarray | None,
     purchase: np.ndarray,
     order: np.ndarray,
-    purchase_amount: np.ndarray,
+    amount: np.ndarray,
     *,
     categories: Sequence[str] | None,
     top_k: int,
 ) -> tuple[list[str], np.ndarray]:
     """The category-share columns (``categories``, or the ``top_k`` by purchase spend) and, for each
-    purchase in ``order``, its position among them or -1 (no category, or one without a column)."""
+    purchase in ``order``, its position among them or -1 (no category, or one without a column).
+    ``category_codes`` and ``amount`` are every row's, refunds included."""
     chosen: list[str] = list(categories) if categories is not None else []
     if category_codes is None or category_names is None:
         return chosen, np.full(len(order), -1, dtype=np.int32)
     purchase_categories = category_codes[purchase]
     if categories is None:
-        chosen = _top_categories(purchase_categories, purchase_amount, category_names, top_k)
+        chosen = _top_categories(purchase_categories, amount[purchase], category_names, top_k)
     return chosen, _category_positions(category_names, chosen)[purchase_categories[order]]
 
 
