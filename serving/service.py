@@ -397,16 +397,13 @@ class ValueService:
             return None
         return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
 
-    @app.get(READINESS_PATH, response_model=Readiness, include_in_schema=False)
     def readiness(self, request: Request) -> JSONResponse:
-        """``GET /readyz`` (see :class:`ReadinessRoute`): no key needed, like BentoML's probes."""
+        """See :func:`readiness`."""
         catalog = self._current()
         return JSONResponse(_readiness(catalog), status_code=200 if catalog.ready else 503)
 
-    @app.get("/models", response_model=ModelsResponse, responses={401: {"model": ErrorBody}})
     def models(self, request: Request) -> JSONResponse:
-        """Every champion served, per dataset: version, run, training time, candidate and metrics; and
-        what could not be loaded, with the reason."""
+        """See :func:`models`."""
         if (denied := self._unauthorized(request)) is not None:
             return denied
         catalog = self._current()
@@ -420,23 +417,8 @@ class ValueService:
             }
         )
 
-    @app.post(
-        "/reload",
-        response_model=ReloadResponse,
-        responses={
-            401: {"model": ErrorBody},
-            409: {"model": ReloadResponse, "description": "something failed to load: the last good set is served"},
-            503: {"model": ReloadResponse, "description": "nothing can be served"},
-        },
-    )
     async def reload(self, request: Request) -> JSONResponse:
-        """Load the current champions (after ``make promote``) and switch every worker to them. What
-        fails to load keeps its last good version; the answer says what failed.
-
-        Runs in the event loop, not in a thread: under load a thread doing the registry's many small
-        reads waits for the interpreter lock after each one while requests compute (measured: no
-        reload finished within 60 s at 16 clients on a busy machine); here it holds the worker for
-        the fraction of a second it takes, unchanged versions being reused."""
+        """See :func:`reload`."""
         if (denied := self._unauthorized(request)) is not None:
             return denied
         catalog = self._load()
@@ -483,15 +465,8 @@ class ValueService:
         except BadRequestError as exc:
             return error(422, str(exc), exc.problems)
 
-    @app.post(
-        "/score",
-        response_model=ScoreResponse,
-        openapi_extra=request_body(ScoreRequest),
-        responses=ERROR_ANSWERS,
-    )
     async def score(self, request: Request) -> JSONResponse:
-        """Customers with their purchase histories (and attributes) -> churn and purchase probability,
-        CLV, value at risk, value tier, segment, recommended action and suppression, per customer."""
+        """See :func:`score`."""
         return await self._handle(request, ScoreRequest, self._score, quick=plain_request)
 
     def _score(self, parsed: ScoreRequest, plain: PlainBody | None = None) -> JSONResponse:
@@ -577,15 +552,8 @@ class ValueService:
             }
         )
 
-    @app.post(
-        "/score_leads",
-        response_model=LeadResponse,
-        openapi_extra=request_body(LeadRequest),
-        responses=ERROR_ANSWERS,
-    )
     async def score_leads(self, request: Request) -> JSONResponse:
-        """Leads with the fields of the dataset's leads file -> conversion probability, 0-100 score,
-        tier and the reasons up and down."""
+        """See :func:`score_leads`."""
         return await self._handle(request, LeadRequest, self._score_leads)
 
     def _score_leads(self, parsed: LeadRequest) -> JSONResponse:
@@ -626,6 +594,66 @@ class ValueService:
             record["reasons_up"] = [r for r in str(record.pop("reasons_up") or "").split("; ") if r]
             record["reasons_down"] = [r for r in str(record.pop("reasons_down") or "").split("; ") if r]
         return FastJSONResponse({"dataset": champions.dataset, "leads": records, "model_version": served.version})
+
+
+def _service() -> ValueService:
+    """This worker's service. The routes are functions calling it rather than methods: BentoML hands a
+    method route its ``self`` through a FastAPI dependency, a plain function, which FastAPI runs in its
+    thread pool, a thread hop on every request (docs/benchmarks.md, 2026-12-03, eleventh session)."""
+    return cast(ValueService, bentoml.get_current_service())
+
+
+def _scoring_route(path: str, shape: type[BaseModel], answer: type[BaseModel]) -> Callable[..., Any]:
+    """``POST path`` with its request schema in the OpenAPI document (the body is read by the route,
+    not by FastAPI) and the error answers every scoring route gives."""
+    return app.post(path, response_model=answer, openapi_extra=request_body(shape), responses=ERROR_ANSWERS)
+
+
+@app.get(READINESS_PATH, response_model=Readiness, include_in_schema=False)
+def readiness(request: Request) -> JSONResponse:
+    """``GET /readyz`` (see :class:`ReadinessRoute`): no key needed, like BentoML's probes."""
+    return _service().readiness(request)
+
+
+@app.get("/models", response_model=ModelsResponse, responses={401: {"model": ErrorBody}})
+def models(request: Request) -> JSONResponse:
+    """Every champion served, per dataset: version, run, training time, candidate and metrics; and
+    what could not be loaded, with the reason."""
+    return _service().models(request)
+
+
+@app.post(
+    "/reload",
+    response_model=ReloadResponse,
+    responses={
+        401: {"model": ErrorBody},
+        409: {"model": ReloadResponse, "description": "something failed to load: the last good set is served"},
+        503: {"model": ReloadResponse, "description": "nothing can be served"},
+    },
+)
+async def reload(request: Request) -> JSONResponse:
+    """Load the current champions (after ``make promote``) and switch every worker to them. What
+    fails to load keeps its last good version; the answer says what failed.
+
+    Runs in the event loop, not in a thread: under load a thread doing the registry's many small
+    reads waits for the interpreter lock after each one while requests compute (measured: no
+    reload finished within 60 s at 16 clients on a busy machine); here it holds the worker for
+    the fraction of a second it takes, unchanged versions being reused."""
+    return await _service().reload(request)
+
+
+@_scoring_route("/score", ScoreRequest, ScoreResponse)
+async def score(request: Request) -> JSONResponse:
+    """Customers with their purchase histories (and attributes) -> churn and purchase probability,
+    CLV, value at risk, value tier, segment, recommended action and suppression, per customer."""
+    return await _service().score(request)
+
+
+@_scoring_route("/score_leads", LeadRequest, LeadResponse)
+async def score_leads(request: Request) -> JSONResponse:
+    """Leads with the fields of the dataset's leads file -> conversion probability, 0-100 score,
+    tier and the reasons up and down."""
+    return await _service().score_leads(request)
 
 
 def _attributes(parsed: ScoreRequest) -> list[dict[str, Any]]:

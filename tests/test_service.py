@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -630,6 +631,39 @@ def test_bentofile_pins_match_the_installed_packages() -> None:
     for pin in spec["python"]["packages"]:
         name, version = pin.split("==")
         assert importlib.metadata.version(name) == version, pin
+
+
+ROUTE_SHAPES = """
+import asyncio, json
+from fastapi.dependencies.utils import get_dependant
+from fastapi.routing import APIRoute
+from serving.service import app
+def routes(router):  # FastAPI 0.165 keeps an included router's routes inside it
+    for r in router.routes:
+        yield from routes(r.original_router) if hasattr(r, "original_router") else [r]
+print(json.dumps({  # each endpoint's dependencies as FastAPI reads its signature now
+    f"{sorted(r.methods)[0]} {r.path}": [
+        [d.call.__name__ for d in get_dependant(path=r.path, call=r.endpoint).dependencies],
+        asyncio.iscoroutinefunction(r.endpoint),
+    ]
+    for r in routes(app.router) if isinstance(r, APIRoute)
+}))
+"""
+
+
+def test_routes_take_no_dependency_and_scoring_stays_on_the_event_loop() -> None:
+    """A route written as a method of the service gets ``self`` from BentoML through a sync FastAPI
+    dependency, which FastAPI runs in its thread pool: a thread hop on every request (~10% of the
+    server's CPU per request, docs/benchmarks.md). The scoring routes are coroutines and no route has
+    a dependency. In a child process: importing the service sets its worker environment."""
+    done = subprocess.run(
+        [sys.executable, "-c", ROUTE_SHAPES], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    routes = json.loads(done.stdout.splitlines()[-1])
+    assert {"POST /score", "POST /score_leads", "POST /reload", "GET /models", "GET /metrics"} <= set(routes)
+    assert {name: deps for name, (deps, _) in routes.items() if deps} == {}
+    assert all(routes[name][1] for name in ("POST /score", "POST /score_leads", "POST /reload"))
 
 
 @pytest.mark.slow
