@@ -235,6 +235,20 @@ def parse_dates(values: pd.Series, date_format: str | None = None) -> pd.Series:
     return parsed
 
 
+def parse_day(value: object, name: str) -> pd.Timestamp | None:
+    """A day written YYYY-MM-DD (or a date or timestamp object) as a Timestamp; None or "" for none.
+    Anything else raises ValueError naming ``name`` (the option or argument) and the form to use."""
+    if value is None or value == "":
+        return None
+    try:
+        day = pd.Timestamp(pd.to_datetime(value, format="%Y-%m-%d"))
+    except (ValueError, TypeError):
+        day = pd.NaT
+    if day is pd.NaT:
+        raise ValueError(f"{name}={value!r} is not a date: write it as YYYY-MM-DD, e.g. 1997-10-01")
+    return day
+
+
 def _naive(parsed: pd.Series) -> pd.Series:
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)

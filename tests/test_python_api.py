@@ -115,6 +115,23 @@ def test_score_gives_the_numbers_of_the_scoring_path_the_api_uses(champion_store
     assert ours["segment"].tolist() == list(api["segment"])
 
 
+def test_an_empty_frame_or_a_bad_day_raises_naming_it_before_any_work() -> None:
+    """No store, no champions and no data are needed to get these errors: they come first."""
+    import valuecast
+
+    empty = pd.DataFrame({"customer_id": [], "timestamp": [], "amount": []})
+    with pytest.raises(ValueError, match="nothing to score: transactions has no rows"):
+        valuecast.score(empty, dataset="no_such_dataset", as_of="1998-07-01")
+    one = pd.DataFrame({"customer_id": ["a"], "timestamp": ["1998-01-01"], "amount": [1.0]})
+    for bad in ("01/07/1998", "1998-13-01", "NaT", "yesterday"):
+        with pytest.raises(ValueError, match=rf"as_of='{bad}' is not a date: write it as YYYY-MM-DD"):
+            valuecast.score(one, dataset="no_such_dataset", as_of=bad)
+    with pytest.raises(ValueError, match="as_of='July' is not a date"):
+        valuecast.lookalike("no_such_dataset", ["1"], as_of="July")
+    with pytest.raises(ValueError, match="as_of='1998-07' is not a date"):
+        valuecast.load_dataset("cdnow_sample", as_of="1998-07")
+
+
 @pytest.mark.parametrize(
     ("environment", "first", "backend"),
     [

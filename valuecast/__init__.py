@@ -38,12 +38,11 @@ def load_dataset(name_or_path: str | Path, *, as_of: str | None = None) -> Datas
     (``dataset.transactions.quarantine``); a file that cannot be used raises with the fix.
 
     ``as_of``: rows dated after this day are reported and left out (default: none are)."""
-    import pandas as pd
-
     from features.config import load_dataset_config
     from features.io import load_dataset as _load
+    from features.validate import parse_day
 
-    return _load(load_dataset_config(name_or_path), as_of=pd.Timestamp(as_of) if as_of else None)
+    return _load(load_dataset_config(name_or_path), as_of=parse_day(as_of, "as_of"))
 
 
 def train(family: str, data: str | Path, *, config: str | Path | None = None, quiet: bool = True) -> Outcome:
@@ -77,12 +76,19 @@ def score(
 
     ``transactions``: the contract's columns ``customer_id``, ``timestamp``, ``amount`` (optional
     ``category``, ``order_id``, ...). ``attributes``: one row per customer indexed by ``customer_id``
-    (suppression flags such as ``opted_out``, contact dates). ``as_of`` defaults to today, as the API."""
+    (suppression flags such as ``opted_out``, contact dates). ``as_of``: YYYY-MM-DD, default today, as
+    the API. Nothing to score (no rows, no attributes) or a day written otherwise raises ValueError."""
     import pandas as pd
 
+    from features.validate import parse_day
     from serving.scoring import load_champions, score_customers
     from training.common import request_dataset
 
+    day = parse_day(as_of, "as_of")
+    if day is None:
+        day = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    if transactions.empty and (attributes is None or attributes.empty):
+        raise ValueError("nothing to score: transactions has no rows and attributes names no customer")
     champions = load_champions(dataset)
     champions.require(("churn", "propensity", "clv"))
     config = champions.models["clv"].model.dataset_config
@@ -90,7 +96,6 @@ def score(
     ids = list(pd.unique(transactions["customer_id"].astype(str)))
     if attributes is not None:
         ids += [str(i) for i in attributes.index if str(i) not in set(ids)]
-    day = pd.Timestamp(as_of) if as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
     return score_customers(champions, checked, day, ids, attributes=attributes)
 
 
@@ -146,10 +151,12 @@ def lookalike(
     A seed with unknown ids, fewer than the minimum or every customer raises with the fix."""
     import pandas as pd
 
+    from features.validate import parse_day
     from serving.segments import lookalike as lookalikes
 
+    day = parse_day(as_of, "as_of")
     dataset = load_dataset(data) if isinstance(data, str | Path) else data
-    population = lookalikes.customer_population(dataset, pd.Timestamp(as_of) if as_of else None)
+    population = lookalikes.customer_population(dataset, day)
     ids = lookalikes.seed_from_ids(pd.Series(list(seed), dtype=object), population.ids, "seed")
     lookalikes.check_seed(ids, population, "seed")
     audience = lookalikes.choose_audience(population, ids, size, method, random_state=random_state)

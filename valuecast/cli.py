@@ -99,12 +99,12 @@ def user_errors() -> Iterator[None]:
 
 
 def parse_date(value: str | None, option: str) -> pd.Timestamp | None:
-    if value is None or value == "":
-        return None
+    from features.validate import parse_day
+
     try:
-        return pd.Timestamp(pd.to_datetime(value, format="%Y-%m-%d"))
-    except (ValueError, TypeError):
-        fail(f"{option}={value!r} is not a date: write it as YYYY-MM-DD, e.g. 1997-10-01")
+        return parse_day(value, option)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 @contextmanager
