@@ -568,6 +568,11 @@ def suppression_facts(attributes: Any, as_of: pd.Timestamp) -> dict[str, np.ndar
     return facts
 
 
+def utc_today() -> pd.Timestamp:
+    """The day a request without ``as_of`` is scored at, in the API and the Python API alike: today in UTC."""
+    return pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+
+
 def score_customers(
     champions: Champions,
     dataset: Dataset,

@@ -102,6 +102,7 @@ from serving.scoring import (
     load_catalog,
     score_customers,
     score_histories,
+    utc_today,
 )
 from serving.segments import micro
 from training import tracking
@@ -476,7 +477,7 @@ class ValueService:
             champions = self._choose(parsed.dataset, CUSTOMER_FAMILIES, UPLIFT_FAMILIES)
         except NotReadyError as exc:
             return error(503, f"not ready: {exc}")
-        as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+        as_of = pd.Timestamp(parsed.as_of) if parsed.as_of else utc_today()
         if plain is not None and not (champions.has(CUSTOMER_FAMILIES) and histories_problem(champions) is None):
             parsed, plain = plain.request(), None
         if not champions.has(CUSTOMER_FAMILIES):  # uplift alone: customers come as attribute rows

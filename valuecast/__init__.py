@@ -81,12 +81,12 @@ def score(
     import pandas as pd
 
     from features.validate import parse_day
-    from serving.scoring import load_champions, score_customers
+    from serving.scoring import load_champions, score_customers, utc_today
     from training.common import request_dataset
 
     day = parse_day(as_of, "as_of")
     if day is None:
-        day = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+        day = utc_today()
     if transactions.empty and (attributes is None or attributes.empty):
         raise ValueError("nothing to score: transactions has no rows and attributes names no customer")
     champions = load_champions(dataset)
@@ -95,7 +95,8 @@ def score(
     checked = request_dataset(config, transactions)
     ids = list(pd.unique(transactions["customer_id"].astype(str)))
     if attributes is not None:
-        ids += [str(i) for i in attributes.index if str(i) not in set(ids)]
+        known = set(ids)
+        ids += [str(i) for i in attributes.index if str(i) not in known]
     return score_customers(champions, checked, day, ids, attributes=attributes)
 
 
