@@ -781,6 +781,15 @@ def score_histories(
     return {"customer_id": np.asarray(ids, dtype=object), **scores, **segments, **stamps}
 
 
+def warm_up(champions: Champions) -> None:
+    """Score one customer without purchases where :func:`score_histories` can, so that work done once
+    per model (the compiled walk of each booster's trees, :mod:`training.tree_predict`) happens while
+    the models load and not in the first request."""
+    if champions.has(CUSTOMER_FAMILIES) and champions.frozen is not None and histories_problem(champions) is None:
+        none = np.zeros(0, dtype=np.int64)
+        score_histories(champions, ["warm-up"], none, none, np.zeros(0), utc_today())
+
+
 def _history_features(
     clv_model: CustomerModel,
     n: int,

@@ -103,6 +103,7 @@ from serving.scoring import (
     score_customers,
     score_histories,
     utc_today,
+    warm_up,
 )
 from serving.segments import micro
 from training import tracking
@@ -360,6 +361,11 @@ class ValueService:
                 reason = tracking.scrubbed(f"{type(exc).__name__}: {exc}".splitlines()[0])
                 catalog = Catalog(problems={"store": f"cannot read the registry at {store}: {reason}"})
             catalog.kept_lines = keep_last_good(self.catalog, catalog)
+            for champions in catalog.datasets.values():
+                try:
+                    warm_up(champions)
+                except Exception as exc:  # a model that cannot score says so in the requests; loading goes on
+                    log.warning("scoring a first customer of %s failed: %s", champions.dataset, exc)
             self.catalog = catalog  # one assignment: requests see the old set or the new one
             return catalog
 

@@ -33,6 +33,7 @@ from features.events import FROM_CATEGORIES, FROM_EVENTS
 from features.io import Dataset
 from features.pipeline import build_customer_features
 from features.validate import ROW, Checked, Kind, NoUsableRowsError, Problem, check_table
+from training import tree_predict
 from training.btyd import BTYDModel, predict_btyd
 from training.candidates import Choice
 from training.columns import Columns, feature_matrix, with_columns
@@ -177,7 +178,8 @@ def positive_probability(classifier: Any, x: np.ndarray) -> np.ndarray:
 
     For one customer those checks cost several times the prediction itself. Two shapes are computed
     here directly, each held equal to ``predict_proba`` by a test: one calibrated classifier
-    (``ensemble=False``), whose result is the calibrator applied to the booster's probability; and the
+    (``ensemble=False``), whose result is the calibrator applied to the booster's probability (for a
+    few rows from :mod:`training.tree_predict`, the same floats as xgboost's); and the
     logistic-regression candidates' pipeline (:func:`linear_probability`). Anything else goes to
     ``predict_proba``.
     """
@@ -185,7 +187,7 @@ def positive_probability(classifier: Any, x: np.ndarray) -> np.ndarray:
     if calibrated is not None and len(calibrated) == 1 and len(calibrated[0].calibrators) == 1:
         booster = booster_of(classifier)
         if booster.objective == "binary:logistic" and getattr(booster, "best_iteration", None) is None:
-            raw = booster.get_booster().inplace_predict(x)
+            raw = tree_predict.predict(booster.get_booster(), x)
             return np.asarray(_calibrate(calibrated[0].calibrators[0], raw), dtype=np.float64)
     if (linear := linear_probability(classifier, x)) is not None:
         return linear
@@ -196,7 +198,8 @@ def regression_values(model: Any, x: np.ndarray) -> np.ndarray:
     """``model.predict(x)``; for an xgboost regressor without early stopping its booster's
     ``inplace_predict``, which is what ``XGBRegressor.predict`` calls, without the configuration
     context it enters around the call (a profile of the API under load: ~3% of a worker's time for
-    one customer). A test holds the two equal."""
+    one customer), and for a few rows :mod:`training.tree_predict`'s walk of the same trees. A test
+    holds them equal."""
     from xgboost import XGBRegressor
 
     if (
@@ -206,7 +209,7 @@ def regression_values(model: Any, x: np.ndarray) -> np.ndarray:
         and isinstance(model.missing, float)
         and np.isnan(model.missing)
     ):
-        return np.asarray(model.get_booster().inplace_predict(x))
+        return np.asarray(tree_predict.predict(model.get_booster(), x))
     return np.asarray(model.predict(x))
 
 
