@@ -305,6 +305,18 @@ def _exclusive(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _freeze_what_is_loaded(previous: Catalog, catalog: Catalog) -> None:
+    """Take the libraries and models loaded by now out of the garbage collector's scans: its full
+    passes over them stall requests for tens of ms, and for hundreds once reloads have added their
+    objects (docs/benchmarks.md). Where models were replaced, everything frozen is released first,
+    so that what the replaced models leave in reference cycles is collected."""
+    kept = {id(served) for served in previous.served()}
+    if any(id(served) not in kept for served in catalog.served()):
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def _stamp() -> float:
     try:
         return RELOAD_STAMP.stat().st_mtime
@@ -341,10 +353,6 @@ class ValueService:
             catalog.problems["store"] += f" (try {tries}; next in {delay:.0f} s)"
             time.sleep(delay)
             delay, tries = min(delay * 2, 60.0), tries + 1
-        # The libraries and models loaded by now live as long as the process: take them out of the
-        # garbage collector's scans, whose full passes otherwise stall requests (p99) for tens of ms.
-        gc.collect()
-        gc.freeze()
 
     def _load(self) -> Catalog:
         """Load the current champions and switch to them; what fails to load keeps being served from
@@ -366,7 +374,8 @@ class ValueService:
                     warm_up(champions)
                 except Exception as exc:  # a model that cannot score says so in the requests; loading goes on
                     log.warning("scoring a first customer of %s failed: %s", champions.dataset, exc)
-            self.catalog = catalog  # one assignment: requests see the old set or the new one
+            previous, self.catalog = self.catalog, catalog  # one assignment: requests see the old set or the new one
+            _freeze_what_is_loaded(previous, catalog)
             return catalog
 
     def __is_ready__(self) -> bool:
