@@ -156,8 +156,9 @@ def walk(forest: Forest, x: np.ndarray) -> np.ndarray:
 
 
 def _probe_rows(forest: Forest) -> np.ndarray:
-    """Rows that send every split both ways: each feature at its thresholds, just below them, and
-    missing; the forest must give xgboost's floats on them before it is used."""
+    """Rows with each feature on some of its thresholds or just below them (where a walk that compared
+    the other way, or in float64, would go wrong), one of zeros and one missing everywhere; the forest
+    must give xgboost's floats on them before it is used."""
     rng = np.random.default_rng(0)
     inner = forest.left != -1
     rows = np.full((8, forest.features), np.nan)
