@@ -75,18 +75,34 @@ def customers(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-def wait_until(url: str, seconds: float, process: subprocess.Popen[bytes]) -> None:
+def wait_until(url: str, seconds: float, process: subprocess.Popen[bytes] | None = None, workers: int = 1) -> None:
+    """Until ``url`` answers 200; for the API's /readyz, which names the worker that answered, until
+    ``workers`` different workers have (each probe on a new connection, which any worker may accept).
+    Each worker loads the models on its own, and catches up with another's /reload on its own next
+    request, holding its requests meanwhile (the reload runs in its event loop): that belongs to the
+    reload figures, not to the steady-state latency measured after them."""
     deadline = time.time() + seconds
+    seen: set[int] = set()
     while time.time() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise SystemExit(f"server exited early with code {process.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            answer = httpx.get(url, timeout=10)
         except httpx.HTTPError:
-            pass
+            answer = None
+        if answer is not None and answer.status_code == 200:
+            try:
+                worker = answer.json().get("worker")
+            except (ValueError, AttributeError):  # mlflow's /ping: no JSON object
+                worker = None
+            if not isinstance(worker, int):
+                return
+            seen.add(worker)
+            if len(seen) >= workers:
+                return
+            continue
         time.sleep(0.5)
-    raise SystemExit(f"{url} not ready within {seconds:.0f} s")
+    raise SystemExit(f"{url} not ready within {seconds:.0f} s (workers answering: {sorted(seen)} of {workers})")
 
 
 async def load(url: str, bodies: list[Any], clients: int, duration: float) -> dict[str, float]:
@@ -219,21 +235,6 @@ async def open_loop(url: str, bodies: list[Any], rate: float, duration: float, s
         "p99": float(np.percentile(ms, 99)),
         "errors": errors,
     }
-
-
-def caught_up(base: str, workers: int, tries: int = 200) -> None:
-    """Wait until every worker has answered /readyz once (each probe on a new connection, which any
-    worker may accept). A worker loads what another's /reload loaded on its own next request and
-    holds its requests meanwhile (the reload runs in its event loop): that belongs to the reload
-    figures, not to the steady-state latency measured after them."""
-    seen: set[int] = set()
-    for _ in range(tries):
-        answer = httpx.get(f"{base}/readyz", timeout=60)
-        if isinstance(worker := answer.json().get("worker"), int):
-            seen.add(worker)
-        if len(seen) >= workers:
-            return
-    raise RuntimeError(f"only workers {sorted(seen)} of {workers} answered /readyz in {tries} tries")
 
 
 def sequential_p50(url: str, bodies: list[Any], count: int = 200) -> float:
@@ -387,7 +388,7 @@ def measure(
         reloading = asyncio.run(
             load_with_reloads(ours_base, targets["valuecast /score"][1], args.clients, 30.0, args.reload_every)
         )
-        caught_up(ours_base, args.workers)
+        wait_until(f"{ours_base}/readyz", 60, workers=args.workers)
     plain = [{"as_of": AS_OF, "customers": [c]} for c in pool[:50]]
     names = ["Rock", "Pop", "Jazz"]  # any names: a category the models do not know counts as other
     categorised = [{"as_of": AS_OF, "customers": [with_categories(c, names)]} for c in pool[:50]]
@@ -492,7 +493,7 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     try:
-        wait_until(f"{ours_base}/readyz", 120, service)
+        wait_until(f"{ours_base}/readyz", 120, service, args.workers)
         wait_until(f"{theirs_base}/ping", 120, mlflow_server)
         measured = measure(args, targets, ours_base, pool)
     finally:
