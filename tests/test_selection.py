@@ -16,7 +16,7 @@ from features.config import load_dataset_config
 from features.io import load_dataset
 from training import families, tracking
 from training.candidates import TIE_TOLERANCE, Fitted, choose
-from training.config import load_model_config
+from training.config import ModelConfig, load_model_config
 from training.evaluation import evaluate_classifier
 from training.guards import TrainingRefusedError
 from training.run import train_and_log
@@ -92,6 +92,65 @@ def test_cdnow_churn_candidates_are_chosen_on_validation_and_beat_the_baselines(
     table = trained.tables["candidates"]
     assert set(table["candidate"]) == set(families.get("churn").candidates)
     assert table["validation_roc_auc"].notna().all() and table["winner"].sum() == 1
+
+
+def test_xgboosts_trees_are_chosen_on_the_validation_window_and_the_refit_gets_them() -> None:
+    """Early stopping on the validation window's log loss (patience from the config) sets the number
+    of trees of the model refitted on the training cut-offs: recomputed here from the validation
+    split's own curve, and the refit's test ROC AUC is that of a calibrated booster of that many trees.
+    Without a patience the config's n_estimators stand."""
+    from sklearn.metrics import roc_auc_score
+    from xgboost import XGBClassifier
+
+    from training.common import feature_columns, fit_classifier, matrix, select_features, xgb_params
+    from training.customers import prepared_split, validation_split
+
+    dataset = load_real("cdnow_sample")
+    config = load_model_config("propensity", "cdnow_sample").model_copy(
+        update={"candidates": ["rfm_logistic_regression", "xgboost"], "top_categories": 0}
+    )
+    patience = config.xgboost.early_stopping_rounds
+    assert patience is not None
+    trained = families.get("propensity").train(dataset, config)
+    chosen = trained.params["xgb_trees_chosen"]
+
+    split, _ = prepared_split(dataset, config, [])
+    validation = validation_split(dataset, config, split, [])
+    assert validation is not None
+
+    def labelled(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+        rows = frame["purchased"].notna()
+        return matrix(frame.loc[rows], columns), frame.loc[rows, "purchased"].astype(int).to_numpy()
+
+    columns = select_features(feature_columns(validation.train), config)
+    full = XGBClassifier(**xgb_params(config), objective="binary:logistic", random_state=config.seed, n_jobs=2)
+    full.fit(*labelled(validation.train, columns), eval_set=[labelled(validation.test, columns)], verbose=False)
+    curve = full.evals_result()["validation_0"]["logloss"]
+    best = 0
+    for i, loss in enumerate(curve):
+        if loss < curve[best]:
+            best = i
+        if i - best >= patience:
+            break
+    assert chosen == best + 1 < config.xgboost.n_estimators
+    assert trained.tables["targets"]["xgboost_trees"].tolist() == [chosen]
+
+    def with_xgboost(**changes: object) -> ModelConfig:
+        return config.model_copy(update={"xgboost": config.xgboost.model_copy(update=changes)})
+
+    refit_config = with_xgboost(n_estimators=chosen)
+    columns = select_features(feature_columns(split.train), config)
+    refit = fit_classifier(*labelled(split.train, columns), refit_config)
+    x_test, y_test = labelled(split.test, columns)
+    table = trained.tables["candidates"].set_index("candidate")
+    expected = roc_auc_score(y_test, refit.predict_proba(x_test)[:, 1])
+    assert table.loc["xgboost", "test_roc_auc"] == pytest.approx(expected)
+
+    plain = families.get("propensity").train(dataset, with_xgboost(early_stopping_rounds=None))
+    assert "xgb_trees_chosen" not in plain.params
+    assert plain.tables["targets"]["xgboost_trees"].isna().all()
+    with pytest.raises(ValueError, match="uncalibrated"):
+        fit_classifier(*labelled(split.train, columns), config, stop_on=labelled(split.test, columns))
 
 
 # --- the promotion gate -----------------------------------------------------------------------------

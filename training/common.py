@@ -138,7 +138,7 @@ def matrix(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def xgb_params(config: ModelConfig) -> dict[str, Any]:
-    return config.xgboost.model_dump(exclude={"objective", "tweedie_variance_power"})
+    return config.xgboost.model_dump(exclude={"objective", "tweedie_variance_power", "early_stopping_rounds"})
 
 
 def params_for_logging(config: ModelConfig) -> dict[str, Any]:
@@ -148,22 +148,50 @@ def params_for_logging(config: ModelConfig) -> dict[str, Any]:
     return flat
 
 
-def fit_classifier(x: pd.DataFrame, y: np.ndarray, config: ModelConfig) -> Any:
+def fit_classifier(
+    x: pd.DataFrame, y: np.ndarray, config: ModelConfig, stop_on: tuple[pd.DataFrame, np.ndarray] | None = None
+) -> Any:
     """Gradient boosting with calibrated probabilities (scikit-learn's ``CalibratedClassifierCV``).
 
     ``ensemble=False``: the calibrator is fitted on 5-fold out-of-fold predictions and the booster is
     refitted on all rows, so one booster explains every score (per-row contributions).
+
+    ``stop_on``: held-out rows and labels for xgboost's early stopping (log loss, patience
+    ``early_stopping_rounds``), for an uncalibrated fit that chooses the number of trees
+    (:func:`validated_trees`); ignored when the config sets no patience.
     """
     from sklearn.calibration import CalibratedClassifierCV
     from xgboost import XGBClassifier
 
-    booster = XGBClassifier(**xgb_params(config), objective="binary:logistic", random_state=config.seed, n_jobs=2)
+    patience = config.xgboost.early_stopping_rounds
+    stopping = stop_on is not None and patience is not None
+    if stopping and config.calibration != "none":
+        raise ValueError("early stopping chooses the number of trees on an uncalibrated fit (calibration: none)")
+    booster = XGBClassifier(
+        **xgb_params(config),
+        objective="binary:logistic",
+        random_state=config.seed,
+        n_jobs=2,
+        **({"early_stopping_rounds": patience, "eval_metric": "logloss"} if stopping else {}),
+    )
+    if stopping:
+        assert stop_on is not None
+        return booster.fit(x, y, eval_set=[stop_on], verbose=False)
     if config.calibration == "none":
         return booster.fit(x, y)
     from sklearn.model_selection import StratifiedKFold
 
     folds = StratifiedKFold(5, shuffle=True, random_state=config.seed)
     return CalibratedClassifierCV(booster, method=config.calibration, cv=folds, ensemble=False).fit(x, y)
+
+
+def validated_trees(config: ModelConfig, stopped: Any) -> ModelConfig:
+    """``config`` with the number of trees early stopping found best for ``stopped`` (an
+    :func:`fit_classifier` fit with ``stop_on``); unchanged when it did not stop early."""
+    best = getattr(stopped, "best_iteration", None)
+    if best is None:
+        return config
+    return config.model_copy(update={"xgboost": config.xgboost.model_copy(update={"n_estimators": int(best) + 1})})
 
 
 def booster_of(classifier: Any) -> Any:

@@ -24,7 +24,15 @@ class _Strict(BaseModel):
 class XGBoostParams(_Strict):
     """Gradient boosting settings (xgboost's own names)."""
 
-    n_estimators: int = Field(default=400, ge=1)
+    n_estimators: int = Field(default=400, ge=1, description="Trees; with early_stopping_rounds, the most tried.")
+    early_stopping_rounds: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Churn and propensity: fitted on the validation window's training cut-offs, trees are added "
+        "until the validation window's log loss has not improved for this many; the model refitted for the test "
+        "window gets the best number. Unset (or no validation window): n_estimators.",
+    )
     learning_rate: float = Field(default=0.05, gt=0, le=1)
     max_depth: int = Field(default=4, ge=1, le=16)
     min_child_weight: float = Field(default=1.0, ge=0)

@@ -51,6 +51,7 @@ from training.common import (
     matrix,
     params_for_logging,
     select_features,
+    validated_trees,
 )
 from training.config import ModelConfig
 from training.evaluation import Report, evaluate_classifier
@@ -237,12 +238,23 @@ def prepared_split(dataset: Dataset, config: ModelConfig, warnings: list[str]) -
 
 
 def fit_candidates(
-    train: pd.DataFrame, label: str, columns: list[str], config: ModelConfig, names: tuple[str, ...], kind: str
+    train: pd.DataFrame,
+    label: str,
+    columns: list[str],
+    config: ModelConfig,
+    names: tuple[str, ...],
+    kind: str,
+    stop_on: pd.DataFrame | None = None,
 ) -> dict[str, Fitted]:
     """Every candidate of ``names`` fitted on the labelled training rows (BG/NBD baselines need no
-    fitting: they read the BG/NBD columns of the rows they score)."""
+    fitting: they read the BG/NBD columns of the rows they score). ``stop_on``: the labelled rows
+    xgboost's early stopping watches (the validation window), when the config sets a patience."""
     rows = train[label].notna().to_numpy()
     y = train.loc[rows, label].astype(int).to_numpy()
+    watched = None
+    if stop_on is not None and config.xgboost.early_stopping_rounds is not None:
+        held = stop_on[label].notna().to_numpy()
+        watched = (matrix(stop_on.loc[held], columns), stop_on.loc[held, label].astype(int).to_numpy())
     fitted: dict[str, Fitted] = {}
     for name in names:
         if name in BGNBD_SCORES[kind]:
@@ -257,7 +269,7 @@ def fit_candidates(
             estimator = logistic_regression(config.seed)
             fitted[name] = Fitted(name, columns, estimator.fit(matrix(train.loc[rows], columns).to_numpy(), y))
         elif name == "xgboost":
-            fitted[name] = Fitted(name, columns, fit_classifier(matrix(train.loc[rows], columns), y, config))
+            fitted[name] = Fitted(name, columns, fit_classifier(matrix(train.loc[rows], columns), y, config, watched))
         elif name == "blend" and {"xgboost", "logistic_regression"} <= set(fitted):
             fitted[name] = Fitted(name, [], parts=[fitted["logistic_regression"], fitted["xgboost"]])
     return fitted
@@ -292,6 +304,7 @@ class _Output:
     fitted: Fitted
     train_rows: int
     test_rows: int
+    trees: int | None = None  # xgboost's number of trees, when validation chose it
 
 
 def _check_support(split: TimeSplit, label: str, config: ModelConfig, what: str) -> None:
@@ -311,30 +324,41 @@ def train_output(
     fallback: str | None = None,
 ) -> _Output:
     """Fit the candidates on the validation split, choose there, refit them on the training cut-offs
-    and score each on the test window (reported; the choice is already made). Without validation
-    rows for this output (a category absent before the validation cut-off), ``fallback`` (the primary
-    output's winner) is used."""
+    and score each on the test window (reported; the choice is already made). xgboost's number of
+    trees is chosen on the validation window too (early stopping, when the config sets a patience),
+    and the refit gets it. Without validation rows for this output (a category absent before the
+    validation cut-off), ``fallback`` (the primary output's winner) is used."""
     _check_support(split, label, config, what)
     columns = select_features(feature_columns(split.train), config)
-    fitted = fit_candidates(split.train, label, columns, config, order, kind)
-    test_reports = score_candidates(fitted, split.test, label)
-    if validation is not None and label in validation.test.columns:
+    val_reports: dict[str, Report] | None = None
+    trees = None
+    if validation is not None and len(order) > 1 and label in validation.test.columns:
         try:
             _check_support(validation, label, config, what + " (validation)")
         except TrainingRefusedError:
-            validation = None  # too few examples to compare on: not a reason to refuse the model
-    if validation is None or len(fitted) == 1 or label not in validation.test.columns:
+            pass  # too few examples to compare on: not a reason to refuse the model
+        else:
+            val_columns = select_features(feature_columns(validation.train), config)
+            val_fitted = fit_candidates(
+                validation.train, label, val_columns, for_ranking(config), order, kind, stop_on=validation.test
+            )
+            val_reports = score_candidates(val_fitted, validation.test, label)
+            if "xgboost" in val_fitted:
+                config = validated_trees(config, val_fitted["xgboost"].estimator)
+                if config.xgboost.early_stopping_rounds is not None:
+                    trees = config.xgboost.n_estimators
+    fitted = fit_candidates(split.train, label, columns, config, order, kind)
+    test_reports = score_candidates(fitted, split.test, label)
+    if val_reports is None or len(fitted) == 1:
         winner = fallback if fallback in fitted else next(iter(fitted))
         where = "the only candidate" if len(fitted) == 1 else "no validation rows: the primary output's winner"
         choice = Choice(winner, f"{winner}: {where}", {}, test_reports, tuple(n for n in order if n in BASELINE_NAMES))
     else:
-        val_columns = select_features(feature_columns(validation.train), config)
-        val_fitted = fit_candidates(validation.train, label, val_columns, for_ranking(config), tuple(fitted), kind)
-        val_reports = score_candidates(val_fitted, validation.test, label)
+        assert validation is not None
         where = f"the validation window {validation.test_cutoff:%Y-%m-%d} + {config.horizon_days} days"
         choice = choose_and_report(val_reports, test_reports, order, [n for n in order if n in BASELINE_NAMES], where)
     rows = split.train[label].notna()
-    return _Output(choice, fitted[choice.winner], int(rows.sum()), int(split.test[label].notna().sum()))
+    return _Output(choice, fitted[choice.winner], int(rows.sum()), int(split.test[label].notna().sum()), trees)
 
 
 def validation_split(dataset: Dataset, config: ModelConfig, split: TimeSplit, warnings: list[str]) -> TimeSplit | None:
@@ -416,7 +440,13 @@ def _trained(
     choice = primary.choice
     per_target = pd.DataFrame(
         [
-            {"output": o, "label": targets[o], "candidate": r.choice.winner, **_metrics(r.choice.test[r.choice.winner])}
+            {
+                "output": o,
+                "label": targets[o],
+                "candidate": r.choice.winner,
+                "xgboost_trees": r.trees,
+                **_metrics(r.choice.test[r.choice.winner]),
+            }
             for o, r in outputs.items()
         ]
         + [{"output": o, "label": targets[o], "skipped": why} for o, why in skipped.items()]
@@ -432,7 +462,12 @@ def _trained(
         report=choice.test[choice.winner],
         baselines={n: choice.test[n] for n in choice.baselines if n in choice.test},
         test_window=f"{split.test_cutoff:%Y-%m-%d} + {config.horizon_days} days",
-        params={**params_for_logging(config), "train_cutoffs": split.window, "features": len(model.columns)},
+        params={
+            **params_for_logging(config),
+            "train_cutoffs": split.window,
+            "features": len(model.columns),
+            **({"xgb_trees_chosen": primary.trees} if primary.trees is not None else {}),
+        },
         input_example=example,
         output_example=model.predict(None, example, PREDICT_PARAMS),
         predict_params=dict(PREDICT_PARAMS),
