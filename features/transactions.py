@@ -305,7 +305,10 @@ def feature_arrays(
 
     # Purchases sorted by (customer, timestamp) once; the kernel then reads each customer's rows in a run.
     purchase = ~refund
-    purchase_code, purchase_ts, purchase_amount = code[purchase], ts[purchase], amount[purchase]
+    if refund.any():
+        purchase_code, purchase_ts, purchase_amount = code[purchase], ts[purchase], amount[purchase]
+    else:  # no refunds (the usual log): no copies of every row
+        purchase_code, purchase_ts, purchase_amount = code, ts, amount
     order = sort_by_customer_and_time(purchase_code, purchase_ts)
     purchase_code, purchase_ts, purchase_amount = purchase_code[order], purchase_ts[order], purchase_amount[order]
     order_key = purchase_ts
