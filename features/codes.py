@@ -117,10 +117,10 @@ def _parse_numbers(
         for j in range(p):
             if data[begin + j] != prefix[j]:
                 return False
-        number = 0
+        number = np.int64(0)
         for j in range(begin + p, end):
-            digit = data[j] - 48
-            if digit > 9:  # unsigned: bytes below '0' wrap round to large values
+            digit = np.int64(data[j]) - 48  # numba would compute uint8 - 48 in int64 anyway: say so
+            if digit < 0 or digit > 9:
                 return False
             number = number * 10 + digit
         out[i] = number

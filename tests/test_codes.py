@@ -67,6 +67,8 @@ def test_text_that_is_not_one_prefix_and_a_number_takes_the_general_path() -> No
         "leading zeros, widths differ": ["07", "007", *map(str, range(1, 120_000))],
         "another prefix": [*base, "D0000001"],
         "a letter in the number": [*base, "C00000A1"],
+        "a byte below '0' in the number": [*base, "C000-001", "C000/001"],
+        "a space in the number": [*base, "C000 001"],
         "no number": [*base, "C"],
         "19 digits": [*base, "C" + "1" * 19],
         "a missing value": [*base, None],
