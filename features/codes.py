@@ -77,8 +77,6 @@ def numeric_keys(values: pd.Series) -> np.ndarray | None:
     chunks = [c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)]
     if not chunks or any(c.null_count for c in chunks):
         return None
-    if not all(pa.types.is_string(c.type) or pa.types.is_large_string(c.type) for c in chunks):
-        return None
     first = chunks[0][0].as_py()
     digits = len(first) - len(first.rstrip("0123456789"))
     if digits == 0:
@@ -87,10 +85,10 @@ def numeric_keys(values: pd.Series) -> np.ndarray | None:
     keys = np.empty(len(values), dtype=np.int64)
     # [width of the first value's number, the widths differ (0/1), a leading zero was seen (0/1)]
     state = np.array([digits, 0, 0], dtype=np.int64)
+    offset_type = np.int64 if pa.types.is_large_string(column.type) else np.int32  # every chunk's type
     start = 0
     for chunk in chunks:
         _, offsets_buffer, data_buffer = chunk.buffers()
-        offset_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
         offsets = np.frombuffer(offsets_buffer, dtype=offset_type, count=chunk.offset + len(chunk) + 1)[chunk.offset :]
         data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
         if not _parse_numbers(offsets, data, prefix, keys[start : start + len(chunk)], state):
