@@ -158,7 +158,7 @@ def fit_classifier(
 
     ``stop_on``: held-out rows and labels for xgboost's early stopping (log loss, patience
     ``early_stopping_rounds``), for an uncalibrated fit that chooses the number of trees
-    (:func:`validated_trees`); ignored when the config sets no patience.
+    (:func:`stopped_trees`); ignored when the config sets no patience.
     """
     from sklearn.calibration import CalibratedClassifierCV
     from xgboost import XGBClassifier
@@ -185,13 +185,11 @@ def fit_classifier(
     return CalibratedClassifierCV(booster, method=config.calibration, cv=folds, ensemble=False).fit(x, y)
 
 
-def validated_trees(config: ModelConfig, stopped: Any) -> ModelConfig:
-    """``config`` with the number of trees early stopping found best for ``stopped`` (an
-    :func:`fit_classifier` fit with ``stop_on``); unchanged when it did not stop early."""
+def stopped_trees(stopped: Any) -> int | None:
+    """The number of trees early stopping found best for ``stopped`` (an :func:`fit_classifier` fit
+    with ``stop_on``); None when it did not stop early."""
     best = getattr(stopped, "best_iteration", None)
-    if best is None:
-        return config
-    return config.model_copy(update={"xgboost": config.xgboost.model_copy(update={"n_estimators": int(best) + 1})})
+    return None if best is None else int(best) + 1
 
 
 def booster_of(classifier: Any) -> Any:

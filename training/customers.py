@@ -51,7 +51,7 @@ from training.common import (
     matrix,
     params_for_logging,
     select_features,
-    validated_trees,
+    stopped_trees,
 )
 from training.config import ModelConfig
 from training.evaluation import Report, evaluate_classifier
@@ -343,10 +343,9 @@ def train_output(
                 validation.train, label, val_columns, for_ranking(config), order, kind, stop_on=validation.test
             )
             val_reports = score_candidates(val_fitted, validation.test, label)
-            if "xgboost" in val_fitted:
-                config = validated_trees(config, val_fitted["xgboost"].estimator)
-                if config.xgboost.early_stopping_rounds is not None:
-                    trees = config.xgboost.n_estimators
+            if "xgboost" in val_fitted and (trees := stopped_trees(val_fitted["xgboost"].estimator)) is not None:
+                chosen = config.xgboost.model_copy(update={"n_estimators": trees})
+                config = config.model_copy(update={"xgboost": chosen})
     fitted = fit_candidates(split.train, label, columns, config, order, kind)
     test_reports = score_candidates(fitted, split.test, label)
     if val_reports is None or len(fitted) == 1:
