@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -68,9 +67,6 @@ def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
         command = ["score", "--data", "cdnow_sample", "--out", str(tmp_path / folder), "--as-of", SERVING_AS_OF]
         result = runner.invoke(app, [*command, "--engine", engine])
         assert result.exit_code == 0, result.output
-    # Spark wrote its scores.parquet itself (Spark's Parquet writer: other bytes, the same table)
-    written = pq.read_metadata(tmp_path / "spark" / "scores.parquet").metadata
-    assert b"org.apache.spark.version" in written
     theirs, ours = (pd.read_parquet(tmp_path / e / "scores.parquet") for e in ("spark", "local"))
     assert len(ours) == 2_357
     assert_same_table(theirs, ours, "scores.parquet")
@@ -87,29 +83,49 @@ def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
     assert again.read_bytes() == (tmp_path / "spark" / "scores.parquet").read_bytes()
 
 
-def test_a_bucket_comes_back_in_the_files_order_and_the_local_engines_types() -> None:
-    import pyarrow as pa
+def test_a_bucket_holds_its_customers_rows_in_the_files_order_with_the_local_engines_types() -> None:
+    from features.config import DatasetConfig, TableConfig
+    from features.io import Dataset
+    from features.validate import Checked
 
-    local = pd.DataFrame(
+    frame = pd.DataFrame(
         {
-            "customer_id": pd.Series(["a", "b", "a"], dtype="category"),
-            "timestamp": pd.to_datetime(["2020-01-01 10:00", "2020-01-02 00:00", "2020-01-01 10:00"]),
-            "amount": [1.5, 2.0, 3.25],
-            "category": pd.Categorical(["toys", None, "books"], categories=["books", "toys", "garden"]),
-            "_row": [0, 1, 2],
+            "customer_id": pd.Categorical(["c", "a", "x", "b", "a", "c"], categories=["x", "c", "a", "b"]),
+            "timestamp": pd.to_datetime([f"2020-01-0{d}" for d in range(1, 7)]),
+            "amount": [1.5, 2.0, 3.25, 4.0, 5.0, 6.0],
+            "category": pd.Categorical(["toys", None, "books", "toys", "toys", "books"], categories=["books", "toys"]),
+            "_row": [0, 1, 2, 3, 4, 5],
         }
     )
-    table = spark_engine._table_for_spark(local)
-    assert table.schema.field("category").type == pa.string() and table.schema.field("customer_id").type == pa.string()
-    # as a Spark shuffle may hand them over: another order, times in microseconds in UTC, a bucket column
-    shuffled = table.take([2, 1, 0]).append_column("bucket", pa.array([0, 0, 0], pa.int32()))
-    shuffled = shuffled.set_column(1, "timestamp", shuffled.column("timestamp").cast(pa.timestamp("us", "UTC")))
-    back = spark_engine._bucket_rows(shuffled, ["amount"], {"category": local["category"].dtype})
-    assert back["_row"].tolist() == [0, 1, 2] and list(back.columns) == list(local.columns)
-    assert back["timestamp"].dtype == "datetime64[ns]" and (back["timestamp"] == local["timestamp"]).all()
-    assert back["category"].dtype == local["category"].dtype
-    assert back["category"].cat.codes.tolist() == local["category"].cat.codes.tolist() == [1, -1, 0]
-    assert back["customer_id"].tolist() == ["a", "b", "a"] and back["amount"].tolist() == [1.5, 2.0, 3.25]
+    dataset = Dataset(
+        DatasetConfig(name="t", transactions=TableConfig(path="-")), transactions=Checked(frame, pd.DataFrame())
+    )
+    # "x" is not scored (say, it bought only after the as-of date); "d" has no rows at all
+    buckets = spark_engine.buckets_of(dataset, ["a", "b", "c", "d"], 2)
+    assert [ids for ids, _ in buckets] == [["a", "b"], ["c", "d"]]
+    first, second = (rows for _, rows in buckets)
+    assert first["amount"].tolist() == [2.0, 4.0, 5.0] and second["amount"].tolist() == [1.5, 6.0]  # the file's order
+    assert first["customer_id"].tolist() == ["a", "b", "a"] and second["customer_id"].tolist() == ["c", "c"]
+    assert list(first["customer_id"].cat.categories) == ["a", "b"]  # the bucket's own ids, not the file's
+    for rows in (first, second):  # the local engine's columns and types but for _row (places in the file)
+        assert list(rows.columns) == ["customer_id", "timestamp", "amount", "category"]
+        assert (rows.dtypes.drop("customer_id") == frame.dtypes.drop(["customer_id", "_row"])).all()
+        assert rows["category"].dtype == frame["category"].dtype
+    assert first["category"].cat.codes.tolist() == [-1, 1, 1]
+    # ids as text: the same buckets
+    text = Dataset(dataset.config, transactions=Checked(frame.astype({"customer_id": str}), pd.DataFrame()))
+    again = spark_engine.buckets_of(text, ["a", "b", "c", "d"], 2)
+    assert [rows["amount"].tolist() for _, rows in again] == [[2.0, 4.0, 5.0], [1.5, 6.0]]
+    assert [rows["customer_id"].tolist() for _, rows in again] == [["a", "b", "a"], ["c", "c"]]
+
+
+def test_buckets_are_two_per_core_or_more_when_their_rows_would_make_too_large_a_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frame = pd.DataFrame({"customer_id": pd.Categorical(["a"] * 1000), "amount": 1.0, "_row": range(1000)})
+    assert spark_engine.bucket_count(frame, 1) == 2 and spark_engine.bucket_count(frame, 8) == 16
+    monkeypatch.setattr(spark_engine, "BUCKET_BYTES", 1000)  # 9,010 bytes without _row: 10 tasks of <= 1,000
+    assert spark_engine.bucket_count(frame, 2) == 10
 
 
 def test_without_pyspark_the_spark_engine_stops_before_reading_naming_the_fix(
