@@ -25,6 +25,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -118,12 +119,16 @@ def bucket_count(frame: pd.DataFrame, cores: int) -> int:
     return max(2, 2 * cores, -(-size // BUCKET_BYTES))
 
 
-def _bucket_scorer(champions: Champions, dataset: Dataset, as_of: pd.Timestamp) -> Any:
+# what a Spark task gets: a bucket's ids, their transactions and their customers-table rows
+Bucket = tuple[list[str], pd.DataFrame, pd.DataFrame | None]
+
+
+def _bucket_scorer(champions: Champions, dataset: Dataset, as_of: pd.Timestamp) -> Callable[[Bucket], pd.DataFrame]:
     """What each Spark worker runs on one bucket: its customers' rows, scored by the same
     :func:`score_customers` (features, the three models, segments) as on the local engine."""
     config = dataset.config
 
-    def score_bucket(bucket: tuple[list[str], pd.DataFrame, pd.DataFrame | None]) -> pd.DataFrame:
+    def score_bucket(bucket: Bucket) -> pd.DataFrame:
         ids, rows, attributes = bucket
         part = Dataset(config, transactions=Checked(rows, pd.DataFrame()))
         return score_customers(champions, part, as_of, ids, attributes=attributes)
@@ -153,7 +158,7 @@ def score_dataset(
         )
     spark = spark or session()
     buckets = buckets or bucket_count(dataset.transactions.frame, spark.sparkContext.defaultParallelism)
-    work = [
+    work: list[Bucket] = [
         (run, rows, None if customers is None else customers[customers.index.isin(run)])
         for run, rows in buckets_of(dataset, ids, buckets)
     ]
