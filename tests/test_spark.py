@@ -84,6 +84,10 @@ def test_make_score_with_the_spark_engine_writes_the_local_engines_files(
 
 
 def test_a_bucket_holds_its_customers_rows_in_the_files_order_with_the_local_engines_types() -> None:
+    import pickle
+
+    import pyarrow as pa
+
     from features.config import DatasetConfig, TableConfig
     from features.io import Dataset
     from features.validate import Checked
@@ -93,7 +97,9 @@ def test_a_bucket_holds_its_customers_rows_in_the_files_order_with_the_local_eng
             "customer_id": pd.Categorical(["c", "a", "x", "b", "a", "c"], categories=["x", "c", "a", "b"]),
             "timestamp": pd.to_datetime([f"2020-01-0{d}" for d in range(1, 7)]),
             "amount": [1.5, 2.0, 3.25, 4.0, 5.0, 6.0],
-            "category": pd.Categorical(["toys", None, "books", "toys", "toys", "books"], categories=["books", "toys"]),
+            "category": pd.Categorical(
+                ["toys", None, "books", "toys", "toys", "books"], categories=pd.Index(["books", "toys"], dtype=object)
+            ),
             "_row": [0, 1, 2, 3, 4, 5],
         }
     )
@@ -112,6 +118,15 @@ def test_a_bucket_holds_its_customers_rows_in_the_files_order_with_the_local_eng
         assert (rows.dtypes.drop("customer_id") == frame.dtypes.drop(["customer_id", "_row"])).all()
         assert rows["category"].dtype == frame["category"].dtype
     assert first["category"].cat.codes.tolist() == [-1, 1, 1]
+    # as the worker gets it: through Arrow (and pickle), back with the local engine's types
+    sent = pickle.loads(pickle.dumps(pa.Table.from_pandas(first, preserve_index=False)))
+    back = spark_engine.frame_of(sent, frame.dtypes)
+    assert list(back.columns) == list(first.columns) and back["customer_id"].tolist() == ["a", "b", "a"]
+    assert (back.dtypes.drop("customer_id") == first.dtypes.drop("customer_id")).all()
+    assert back["category"].dtype == frame["category"].dtype  # the full data's categories, not Arrow's text type
+    pd.testing.assert_frame_equal(
+        back.drop(columns="customer_id"), first.drop(columns="customer_id").reset_index(drop=True)
+    )
     # ids as text: the same buckets
     text = Dataset(dataset.config, transactions=Checked(frame.astype({"customer_id": str}), pd.DataFrame()))
     again = spark_engine.buckets_of(text, ["a", "b", "c", "d"], 2)
