@@ -128,7 +128,8 @@ def _bucket_scorer(champions: Champions, dataset: Dataset, as_of: pd.Timestamp) 
     """What each Spark worker runs on one bucket: its customers' rows, scored by the same
     :func:`score_customers` (features, the three models, segments) as on the local engine."""
     assert dataset.transactions is not None
-    config, dtypes = dataset.config, dataset.transactions.frame.dtypes
+    config = dataset.config
+    dtypes = dataset.transactions.frame.dtypes.drop(["customer_id", ROW], errors="ignore")  # not a million ids
 
     def score_bucket(bucket: Bucket) -> pd.DataFrame:
         ids, rows, attributes = bucket
@@ -141,12 +142,12 @@ def _bucket_scorer(champions: Champions, dataset: Dataset, as_of: pd.Timestamp) 
 def frame_of(rows: pa.Table, dtypes: pd.Series) -> pd.DataFrame:
     """A bucket's Arrow rows as the local engine's frame: Arrow keeps numbers, times and text, and
     pandas' metadata the column types, but a categorical's categories can come back in another
-    text type; those columns are given the full data's ``dtypes`` again (customer_id keeps its
-    bucket's own categories)."""
+    text type; the columns of ``dtypes`` (the full data's, without customer_id, which keeps its
+    bucket's own categories) are given their type again."""
     frame = rows.to_pandas()
-    for column in frame.columns:
-        if column != "customer_id" and frame[column].dtype != dtypes[column]:
-            frame[column] = frame[column].astype(dtypes[column])
+    for column, dtype in dtypes.items():
+        if column in frame.columns and frame[column].dtype != dtype:
+            frame[column] = frame[column].astype(dtype)
     return frame
 
 
