@@ -220,11 +220,8 @@ def customer_subset(dataset: Dataset, ids: list[str], rows: np.ndarray | None = 
 
 
 def rows_of_customers(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
-    """Rows whose customer is one of ``ids``; through the category codes when the ids are categorical."""
-    if isinstance(customer_id.dtype, pd.CategoricalDtype):
-        wanted = customer_id.cat.categories.astype(str).get_indexer(pd.Index(ids, dtype=object))
-        return np.isin(customer_id.cat.codes.to_numpy(), wanted[wanted >= 0])
-    return customer_id.astype(str).isin(set(ids)).to_numpy()
+    """Rows whose customer is one of ``ids`` (a mask)."""
+    return id_positions(customer_id, ids) >= 0
 
 
 def id_positions(customer_id: pd.Series, ids: list[str]) -> np.ndarray:
